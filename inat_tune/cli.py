@@ -1,0 +1,218 @@
+"""``inat-tune``: the command line (a parser factory and ``main(argv) -> int``).
+
+Heavy modules (torch, ray, wandb, captum) are imported inside the command that needs them,
+so ``inat-tune --help`` and ``inat-tune count`` answer instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, RunConfig, load_config
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="inat-tune", formatter_class=fmt,
+                                description="Hyperparameter search for image classifiers on iNaturalist-12K (Ray Tune).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="download, generate or cache a dataset", formatter_class=fmt)
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dl = dsub.add_parser("download", help="fetch, verify and extract nature_12K.zip", formatter_class=fmt)
+    dl.add_argument("--root", default="data", help="folder that receives the zip and inaturalist_12K/")
+    dl.add_argument("--url", default=None, help="archive URL (default: the course's public URL)")
+    sy = dsub.add_parser("synth", help="generate the SYNTHETIC 10-class dataset", formatter_class=fmt)
+    sy.add_argument("--out", required=True, help="output dataset folder")
+    sy.add_argument("--per-class", type=int, default=60, help="train images per class")
+    sy.add_argument("--val-per-class", type=int, default=None, help="test images per class (default per-class/4)")
+    sy.add_argument("--image-size", type=int, default=64, help="nominal image side in pixels")
+    sy.add_argument("--seed", type=int, default=0)
+    ca = dsub.add_parser("cache", help="decode a dataset once into the shared cache", formatter_class=fmt)
+    ca.add_argument("--data", required=True, help="dataset folder (train/ and val/)")
+    ca.add_argument("--image-size", type=int, required=True)
+
+    co = sub.add_parser("count", help="parameters and MACs of the 5-block CNN (closed formulas)", formatter_class=fmt)
+    co.add_argument("--filters", type=int, required=True, help="m: filters in the first conv layer")
+    co.add_argument("--kernel-size", type=int, required=True, help="k: kernel side")
+    co.add_argument("--dense", type=int, required=True, help="n: neurons in the dense layer")
+    co.add_argument("--image-size", type=int, default=224, help="input side S")
+    co.add_argument("--filter-org", choices=["same", "double", "half"], default="same")
+    co.add_argument("--batch-norm", action="store_true", help="count batch-norm parameters too")
+    co.add_argument("--num-classes", type=int, default=10)
+
+    tr = sub.add_parser("train", help="one training run, no Ray", formatter_class=fmt)
+    tr.add_argument("config", nargs="?", default=None, help="YAML of key: value (optional)")
+    tr.add_argument("--data", required=True, help="dataset folder (train/ and val/)")
+    tr.add_argument("--out", required=True, help="output folder (config, manifest, metrics, checkpoint)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+
+    _add_sweep_parser(sub, fmt)
+
+    ev = sub.add_parser("evaluate", help="best trial on the test set", formatter_class=fmt)
+    ev.add_argument("experiment", help="experiment folder")
+    ev.add_argument("--data", default=None, help="dataset folder (default: the sweep's)")
+    ev.add_argument("--no-wandb", action="store_true")
+    ex = sub.add_parser("explain", help="filters, feature maps and guided backprop", formatter_class=fmt)
+    ex.add_argument("experiment", help="experiment folder")
+    ex.add_argument("--data", default=None, help="dataset folder (default: the sweep's)")
+    rp = sub.add_parser("report", help="tables, figures, insights and report.md/html", formatter_class=fmt)
+    rp.add_argument("experiments", nargs="+", help="experiment folder(s); several = comparison")
+    rp.add_argument("--no-wandb", action="store_true")
+
+    be = sub.add_parser("bench", help="throughput of the data path and training", formatter_class=fmt)
+    be.add_argument("--data", default=None, help="dataset folder (default: generated photo-sized JPEGs)")
+    be.add_argument("--image-size", type=int, default=64)
+    be.add_argument("--json", default=None, help="also write the results as JSON here")
+    be.add_argument("--search", action="store_true", help="compare TPE+ASHA with random search")
+    be.add_argument("--quick", action="store_true", help="smaller measurements (smoke test)")
+
+    de = sub.add_parser("demo", help="the whole pipeline on the synthetic dataset", formatter_class=fmt)
+    de.add_argument("--out", default="results/demo", help="where the demo writes everything")
+    de.add_argument("--num-samples", type=int, default=6)
+    return p
+
+
+def _add_sweep_parser(sub, fmt) -> None:
+    sw = sub.add_parser("sweep", help="a Ray Tune search (Optuna TPE + ASHA)", formatter_class=fmt)
+    sw.add_argument("space", help="search-space YAML (W&B sweep syntax + model:)")
+    sw.add_argument("--data", required=True, help="dataset folder (train/ and val/)")
+    sw.add_argument("--name", default=None, help="experiment name (default: <space>-<timestamp>)")
+    sw.add_argument("--storage", default="results", help="local folder or URI (s3://, gs://)")
+    sw.add_argument("--num-samples", type=int, default=None, help="trials (default: run_cap or 20)")
+    sw.add_argument("--cpus-per-trial", type=float, default=1.0)
+    sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions like 0.25 share a GPU")
+    sw.add_argument("--max-concurrent", type=int, default=None, help="limit on trials running at once")
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    sw.add_argument("--no-wandb", action="store_true", help="do not mirror trials to W&B")
+    sw.add_argument("--wandb-project", default="inat-tune")
+    sw.add_argument("--address", default=None, help="join a running Ray cluster: auto or ray://host:port")
+    sw.add_argument("--seed", type=int, default=0, help="searcher seed")
+    sw.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a config key for every trial")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def cmd_data(args) -> int:
+    if args.data_command == "download":
+        from .data.download import DEFAULT_URL, download_dataset
+        path = download_dataset(args.root, args.url or DEFAULT_URL)
+        print(f"dataset ready: {path}")
+    elif args.data_command == "synth":
+        from .data.synth import SYNTHETIC_NOTE, make_synthetic
+        out = make_synthetic(args.out, per_class=args.per_class, val_per_class=args.val_per_class,
+                             image_size=args.image_size, seed=args.seed)
+        print(f"wrote {out}\nNOTE: {SYNTHETIC_NOTE}")
+    else:
+        from .data.pipeline import cache_dataset
+        print(json.dumps(cache_dataset(args.data, args.image_size), indent=1))
+    return 0
+
+
+def cmd_count(args) -> int:
+    from .config import filter_counts
+    from .models.counting import cnn_macs, cnn_param_count
+    filters = filter_counts(args.filters, args.filter_org)
+    kernels = (args.kernel_size,) * 5
+    params = cnn_param_count(filters, kernels, args.dense, args.image_size, num_classes=args.num_classes,
+                             batch_norm=args.batch_norm)
+    macs = cnn_macs(filters, kernels, args.dense, args.image_size, num_classes=args.num_classes)
+    print(f"filters per block : {list(filters)}  kernel {args.kernel_size}x{args.kernel_size}  "
+          f"dense {args.dense}  image {args.image_size}x{args.image_size}")
+    print(f"parameters        : {params:,}")
+    print(f"multiply-adds     : {macs:,}  ({2 * macs / 1e9:.3f} GFLOP per image forward)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .data.pipeline import load_tuning_data
+    from .train import fit
+
+    cfg = load_config(args.config, args.set)  # refuses bad keys before any work
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_tuning_data(args.data, cfg.image_size, cfg.val_fraction, cfg.split_seed)
+    (out / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "data": str(Path(args.data).resolve())},
+                                                    sort_keys=False))
+    data.write_manifest(out / "split_manifest.json")
+    print(f"training {cfg.model} on {len(data.train.labels)} images, validating on {len(data.val.labels)} "
+          f"({len(data.classes)} classes, {cfg.image_size}px); writing to {out}")
+    result = fit(cfg, data, device=args.device, out_dir=out)
+    _write_csv(out / "metrics.csv", result.history)
+    b = result.best
+    print(f"best val_acc {b['val_acc']:.4f} at epoch {b['epoch']}; checkpoint {out / 'best.pt'}")
+    return 0
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def cmd_sweep(args) -> int:
+    from .tune.runner import run_sweep_from_args
+    return run_sweep_from_args(args)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_experiment
+    evaluate_experiment(args.experiment, data=args.data, use_wandb=not args.no_wandb)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .explain import explain_experiment
+    explain_experiment(args.experiment, data=args.data)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    write_report(args.experiments, use_wandb=not args.no_wandb)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    return run_bench(args)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args.out, num_samples=args.num_samples)
+
+
+COMMANDS = {"data": cmd_data, "count": cmd_count, "train": cmd_train, "sweep": cmd_sweep,
+            "evaluate": cmd_evaluate, "explain": cmd_explain, "report": cmd_report,
+            "bench": cmd_bench, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .data.scan import DatasetError
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DatasetError, FileNotFoundError) as e:
+        print(f"inat-tune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

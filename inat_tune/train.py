@@ -1,0 +1,309 @@
+"""The one training loop: ``fit()`` owns epochs, precision, the schedule, evaluation and
+checkpoints, and hands each epoch's metrics to a ``report`` callback (the Ray trainables are
+thin adapters over it). No Ray imports here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .config import RunConfig
+from .data.loader import IMAGENET_MEAN, IMAGENET_STD, Augment, DeviceLoader, to_device
+from .data.pipeline import TuningData
+from .models.registry import create_model
+
+CHECKPOINT_NAME = "checkpoint.pt"
+Report = Callable[[dict[str, Any], "TrainState"], None]
+
+
+def select_device(name: str | None = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def uses_bf16(cfg: RunConfig, device: torch.device) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def norm_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the model's inputs need (pretrained weights carry their own)."""
+    return getattr(model, "mean", IMAGENET_MEAN), getattr(model, "std", IMAGENET_STD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser and schedule
+
+def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Weight decay on weights only (not biases / norm scales), the timm/nanoGPT convention.
+
+    A model may expose ``param_groups(lr)`` (pretrained backbones: a lower backbone rate);
+    parameters frozen now are still registered so gradual unfreezing needs no new optimiser
+    (AdamW skips parameters whose ``grad`` is None).
+    """
+    groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else [
+        {"params": list(model.parameters()), "lr": cfg.lr}]
+    split: list[dict] = []
+    for g in groups:
+        params = g.pop("params")
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
+            if ps:
+                split.append({**g, "params": ps, "weight_decay": wd, "initial_lr": g["lr"]})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(split, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "nadam": torch.optim.NAdam}[cfg.optimizer]
+    return cls(split, lr=cfg.lr)
+
+
+def lr_factor(cfg: RunConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier of each group's peak lr at ``step`` (0-based): linear warm-up, then the schedule."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "none":
+        return 1.0
+    progress = (step - warm) / max(1, total_steps - warm)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    # one-cycle (Smith 2018): warm up over 25 % (or the given warm-up), anneal to ~0
+    if warm == 0:
+        up = max(1, int(0.25 * total_steps))
+        if step < up:
+            return 0.04 + 0.96 * step / up  # OneCycleLR's default div_factor = 25
+        progress = (step - up) / max(1, total_steps - up)
+    return max(0.5 * (1 + math.cos(math.pi * min(progress, 1.0))), 1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Epochs
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
+                    loss_fn: nn.Module, set_lr: Callable[[], None], bf16: bool) -> dict[str, float]:
+    model.train()
+    dev = loader.y.device
+    total_loss = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    seen = 0
+    for xb, yb in loader:
+        set_lr()
+        with _autocast(dev, bf16):
+            logits = model(xb)
+            loss = loss_fn(logits.float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # accumulate on the device: no host sync per step
+        total_loss += loss.detach() * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
+        seen += len(yb)
+    return {"train_loss": total_loss.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+            "images": seen}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, bf16: bool = False,
+             label_smoothing: float = 0.0) -> dict[str, float]:
+    """Mean loss and accuracy over ``loader`` (eval mode, no augmentation)."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="sum")
+    dev = loader.y.device
+    total, correct, n = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long), 0
+    for xb, yb in loader:
+        with _autocast(dev, bf16):
+            logits = model(xb)
+        total += loss_fn(logits.float(), yb)
+        correct += (logits.argmax(1) == yb).sum()
+        n += len(yb)
+    return {"loss": total.item() / max(n, 1), "acc": correct.item() / max(n, 1)}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DeviceLoader, bf16: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N x classes, float32, on CPU) in loader order."""
+    model.eval()
+    out = []
+    for xb, _ in loader:
+        with _autocast(loader.y.device, bf16):
+            out.append(model(xb).float().softmax(1).cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write atomically (temp file + rename): a killed process never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig, dict]:
+    """Rebuild the model of a checkpoint (no pretrained download: weights come from the file)."""
+    ckpt = load_checkpoint(path, map_location=device)
+    cfg = RunConfig.from_dict(ckpt["config"])
+    if cfg.model == "finetune":
+        cfg = cfg.replace(weights="none")  # the checkpoint holds every weight
+    model = create_model(cfg, num_classes=len(ckpt["classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), RunConfig.from_dict(ckpt["config"]), ckpt
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds; ``save(dir)`` writes ``dir/checkpoint.pt``."""
+
+    cfg: RunConfig
+    classes: tuple[str, ...]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        model = getattr(self.model, "_orig_mod", self.model)  # unwrap torch.compile
+        mean, std = norm_stats(model)
+        return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "step": self.step, "config": self.cfg.to_dict(),
+                "classes": list(self.classes), "best": self.best, "history": self.history,
+                "mean": list(mean), "std": list(std)}
+
+    def save(self, directory: str | Path) -> Path:
+        return save_checkpoint(Path(directory) / CHECKPOINT_NAME, self.payload())
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    state: TrainState
+
+
+# ---------------------------------------------------------------------------------------------
+
+def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None = None,
+        report: Report | None = None, out_dir: str | Path | None = None,
+        resume: str | Path | dict | None = None, log: Callable[[str], None] | None = print) -> FitResult:
+    """Train ``cfg`` on ``data`` and return the per-epoch history and the best epoch.
+
+    Each epoch's metrics (``epoch, train_loss, train_acc, val_loss, val_acc, lr,
+    epoch_seconds, images_per_s, time_total_s, trainable_params``) go to ``report(metrics,
+    state)``; with ``out_dir`` the loop also writes ``checkpoint.pt`` (last) and ``best.pt``.
+    ``resume`` (a checkpoint path or payload) continues from its epoch with the same batches.
+    """
+    device = select_device(str(device) if device else None)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg, num_classes=len(data.classes)).to(device)
+    optimizer = build_optimizer(cfg, model)
+    state = TrainState(cfg=cfg, classes=data.classes, model=model, optimizer=optimizer)
+    if resume is not None:
+        ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state.epoch, state.step = ckpt["epoch"], ckpt["step"]
+        state.best, state.history = dict(ckpt.get("best", {})), list(ckpt.get("history", []))
+
+    bf16 = uses_bf16(cfg, device)
+    cuda = device.type == "cuda"
+    channels_last = cfg.channels_last and cuda
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = norm_stats(model)
+    x_tr, y_tr = to_device(data.train.images, data.train.labels, device)
+    x_va, y_va = to_device(data.val.images, data.val.labels, device)
+    net: nn.Module = model
+    features = getattr(model, "cached_features", None)
+    if features is not None and cfg.feature_cache and not cfg.augment:
+        # Frozen prefix computed once: the loop then trains only the suffix on features.
+        x_tr, x_va, net = features(x_tr, x_va, data=data, mean=mean, std=std, bf16=bf16)
+    augment = Augment(color_jitter=cfg.color_jitter) if cfg.augment else None
+    train_loader = DeviceLoader(x_tr, y_tr, cfg.batch_size, shuffle=True, augment=augment, mean=mean,
+                                std=std, seed=cfg.seed, drop_last=len(y_tr) > cfg.batch_size,
+                                channels_last=channels_last)
+    val_loader = DeviceLoader(x_va, y_va, max(cfg.batch_size, 256), mean=mean, std=std,
+                              channels_last=channels_last)
+    if cfg.compile and cuda:
+        net = torch.compile(net)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    def set_lr() -> None:
+        f = lr_factor(cfg, state.step, total_steps, steps_per_epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
+        state.step += 1
+
+    t_start = time.perf_counter() - (state.history[-1]["time_total_s"] if state.history else 0.0)
+    for epoch in range(state.epoch, cfg.epochs):
+        if hasattr(model, "on_epoch_start"):
+            model.on_epoch_start(epoch)  # e.g. gradual unfreezing
+        train_loader.set_epoch(epoch)
+        # dropout draws from the global RNG: seed it per epoch so a resumed run matches
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        tr = train_one_epoch(net, train_loader, optimizer, loss_fn, set_lr, bf16)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        va = evaluate(net, val_loader, bf16, cfg.label_smoothing)
+        state.epoch = epoch + 1
+        metrics = {
+            "epoch": state.epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
+            "val_loss": va["loss"], "val_acc": va["acc"],
+            "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+            "images_per_s": tr["images"] / max(seconds, 1e-9),
+            "time_total_s": time.perf_counter() - t_start,
+            "trainable_params": count_trainable(model),
+        }
+        state.history.append(metrics)
+        if not state.best or metrics["val_acc"] > state.best["val_acc"]:
+            state.best = dict(metrics)
+        if out_dir is not None:
+            state.save(out_dir)
+            if state.best["epoch"] == state.epoch:
+                save_checkpoint(Path(out_dir) / "best.pt", state.payload())
+        if log:
+            log(f"epoch {state.epoch:3d}/{cfg.epochs}  train_loss {tr['train_loss']:.4f}  "
+                f"train_acc {tr['train_acc']:.3f}  val_loss {va['loss']:.4f}  val_acc {va['acc']:.3f}  "
+                f"{metrics['images_per_s']:.0f} img/s")
+        if report is not None:
+            report(metrics, state)
+    return FitResult(history=state.history, best=state.best, state=state)
