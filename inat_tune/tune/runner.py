@@ -1,0 +1,306 @@
+"""``inat-tune sweep``: validate everything, build the decode cache once, run Ray Tune.
+
+The experiment folder ``<storage>/<name>`` is Ray Tune's own, plus ``sweep.json`` (the
+command's settings, so ``--resume``, ``evaluate`` and ``report`` need no flags),
+``space.yaml`` (the resolved search space) and ``split_manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, parse_overrides
+from ..data.pipeline import load_tuning_data
+from ..data.scan import DatasetError, scan_dataset
+from .space import SweepSpec, load_space, make_scheduler, make_search_alg, max_epochs, override, \
+    spec_to_dict, to_tune_param_space
+from .trainables import TrialSettings, make_trainable
+
+log = logging.getLogger(__name__)
+SWEEP_FILE = "sweep.json"
+DEFAULT_NUM_SAMPLES = 20
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start; the message says which option is wrong."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    space_path: str
+    data_dir: str
+    name: str
+    storage: str = "results"
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    use_wandb: bool = True
+    wandb_project: str = "inat-tune"
+    address: str | None = None
+    seed: int = 0
+    max_failures: int = 2
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def experiment_path(self) -> str:
+        return join_uri(self.storage, self.name)
+
+
+def join_uri(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base).expanduser().resolve() / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before Ray starts
+
+def check_storage(storage: str) -> None:
+    """Fail now, not after the first epoch, if the storage cannot be written."""
+    if "://" in storage:
+        import pyarrow.fs
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+            fs.create_dir(path, recursive=True)
+            with fs.open_output_stream(f"{path.rstrip('/')}/.inat-tune-write-test") as f:
+                f.write(b"ok")
+            fs.delete_file(f"{path.rstrip('/')}/.inat-tune-write-test")
+        except Exception as e:  # noqa: BLE001 - any filesystem error means the same thing
+            raise SweepError(f"--storage {storage}: cannot write there ({e})") from None
+        return
+    p = Path(storage).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".inat-tune-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise SweepError(f"--storage {storage}: cannot write there ({e.strerror or e})") from None
+
+
+def check_gpus(gpus_per_trial: float, available: float | None) -> None:
+    if gpus_per_trial < 0:
+        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: must be >= 0")
+    if gpus_per_trial == 0:
+        return
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: above 1 it must be a whole number")
+    if not available:
+        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: no GPU is visible here "
+                         "(torch.cuda.is_available() is False); use --gpus-per-trial 0 or run on a GPU machine")
+    if gpus_per_trial > available:
+        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: more than the {available:g} GPU(s) available")
+
+
+def _local_gpus() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_options(args) -> tuple[SweepOptions, SweepSpec]:
+    """argparse namespace -> validated options and space (nothing is started)."""
+    space = load_space(args.space)
+    fixed = parse_overrides(args.set)
+    if fixed:
+        space = override(space, fixed)
+    if args.num_samples is not None and args.num_samples < 1:
+        raise SweepError(f"--num-samples {args.num_samples}: must be >= 1")
+    if args.cpus_per_trial <= 0:
+        raise SweepError(f"--cpus-per-trial {args.cpus_per_trial}: must be > 0")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise SweepError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    num = args.num_samples or space.run_cap or DEFAULT_NUM_SAMPLES
+    name = args.name or f"{Path(args.space).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    opts = SweepOptions(space_path=str(args.space), data_dir=str(Path(args.data).expanduser().resolve()),
+                        name=name, storage=args.storage, num_samples=num,
+                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                        max_concurrent=args.max_concurrent, use_wandb=not args.no_wandb,
+                        wandb_project=args.wandb_project, address=args.address, seed=args.seed,
+                        max_failures=args.max_failures, overrides=tuple(args.set))
+    return opts, space
+
+
+def _image_sizes(space: SweepSpec) -> list[int]:
+    p = space.parameters.get("image_size")
+    if p is None:
+        from ..config import RunConfig
+        return [RunConfig().image_size]
+    try:
+        return sorted({int(v) for v in p.points()})
+    except Exception:  # a continuous range: trials build their size's cache on demand
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _callbacks(opts: SweepOptions, space: SweepSpec) -> list:
+    from .progress import CompactProgress
+    callbacks: list = [CompactProgress(space, metric=space.metric, mode=space.mode)]
+    if opts.use_wandb:
+        from .wandb_mirror import make_wandb_callback
+        cb = make_wandb_callback(project=opts.wandb_project, group=opts.name)
+        if cb is not None:
+            callbacks.append(cb)
+    return callbacks
+
+
+def _write_experiment_files(opts: SweepOptions, space: SweepSpec, manifest_src: Path) -> None:
+    files = {
+        SWEEP_FILE: json.dumps({**asdict(opts), "overrides": list(opts.overrides),
+                                "created": datetime.now().isoformat(timespec="seconds")}, indent=1),
+        "space.yaml": yaml.safe_dump(spec_to_dict(space), sort_keys=False),
+        "split_manifest.json": manifest_src.read_text(),
+    }
+    path = opts.experiment_path
+    if "://" in path:
+        import pyarrow.fs
+        fs, root = pyarrow.fs.FileSystem.from_uri(path)
+        fs.create_dir(root, recursive=True)
+        for name, text in files.items():
+            with fs.open_output_stream(f"{root}/{name}") as f:
+                f.write(text.encode())
+    else:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (Path(path) / name).write_text(text)
+
+
+def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
+    """Run (or resume) the sweep; returns Ray's ResultGrid."""
+    import ray
+    from ray import tune
+
+    images = scan_dataset(opts.data_dir)  # layout errors before anything starts
+    check_storage(opts.storage)
+    if opts.address is None:
+        check_gpus(opts.gpus_per_trial, _local_gpus())
+
+    # Decode once, before the trials: every trial on this node then maps the same cache.
+    from ..config import RunConfig
+    split_cfg = RunConfig()
+    manifest = None
+    for size in _image_sizes(space):
+        data = load_tuning_data(opts.data_dir, size, split_cfg.val_fraction, split_cfg.split_seed,
+                                images=images)
+        manifest = Path(os.environ.get("TMPDIR", "/tmp")) / f"inat-tune-manifest-{os.getpid()}.json"
+        data.write_manifest(manifest)
+        del data
+    if manifest is None:  # image size is a continuous range: the split is the same for all
+        data = load_tuning_data(opts.data_dir, split_cfg.image_size, images=images)
+        manifest = Path("/tmp") / f"inat-tune-manifest-{os.getpid()}.json"
+        data.write_manifest(manifest)
+        del data
+
+    # One checkpoint per epoch makes Ray snapshot often on tiny runs; the warning is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    callbacks = _callbacks(opts, space)  # before ray.init: sets WANDB_MODE for the workers
+    if not ray.is_initialized():
+        # Joining a cluster (address) takes the cluster's resources; locally Ray uses this machine.
+        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level=logging.WARNING)
+    if opts.address is not None:
+        check_gpus(opts.gpus_per_trial, ray.cluster_resources().get("GPU", 0))
+
+    settings = TrialSettings(data_dir=opts.data_dir, cpus_per_trial=opts.cpus_per_trial,
+                             gpus_per_trial=opts.gpus_per_trial)
+    trainable = make_trainable(space.model, settings)
+    run_config = tune.RunConfig(
+        name=opts.name,
+        storage_path=opts.storage if "://" in opts.storage else str(Path(opts.storage).expanduser().resolve()),
+        callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode),
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        verbose=0,  # the CompactProgress callback prints instead of Ray's full table
+    )
+    t0 = time.time()
+    if resume:
+        path = opts.experiment_path
+        if not tune.Tuner.can_restore(path):
+            raise SweepError(f"--resume: no experiment to resume at {path}")
+        # Finished trials stay as they are; unfinished and errored ones continue from their
+        # last checkpoints; the searcher's saved state is restored with the experiment.
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        _write_experiment_files(opts, space, manifest)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune_param_space(space),
+            tune_config=tune.TuneConfig(
+                search_alg=make_search_alg(space, seed=opts.seed, max_concurrent=opts.max_concurrent),
+                scheduler=make_scheduler(space, max_epochs(space)),
+                num_samples=opts.num_samples,  # metric/mode live in the searcher and scheduler
+                reuse_actors=False,  # a fresh process per trial: its GPU memory is freed at exit
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=run_config,
+        )
+    results = tuner.fit()
+    manifest.unlink(missing_ok=True)
+    _print_summary(results, opts, space, time.time() - t0)
+    return results
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def _print_summary(results, opts: SweepOptions, space: SweepSpec, wall: float) -> None:
+    df = results.get_dataframe()
+    errors = sum(1 for r in results if r.error is not None)
+    print()
+    print(f"sweep {opts.name}: {len(results)} trials ({errors} errored) in {wall:.0f} s wall")
+    if "gpu_seconds" in df:
+        gpu = df["gpu_seconds"].fillna(0).sum()
+        cpu = df["cpu_seconds"].fillna(0).sum()
+        print(f"cost: {gpu:.0f} GPU-seconds" if gpu > 0 else f"cost: {cpu:.0f} CPU-seconds (no GPU)")
+    try:
+        best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+    except RuntimeError:
+        print("no trial reported a result")
+        return
+    swept = {k: best.config.get(k) for k in space.parameters}
+    value = max(r[space.metric] for r in [best.metrics]) if best.metrics else float("nan")
+    print(f"best {space.metric}: {value:.4f} (trial {best.metrics.get('trial_id')}, "
+          f"best checkpoint kept: {best.get_best_checkpoint(space.metric, space.mode).path if best.checkpoint else '-'})")
+    print(f"best config: {json.dumps(swept, default=str)}")
+    exp = opts.experiment_path
+    print(f"experiment: {exp}")
+    print(f"next: inat-tune evaluate {exp}\n      inat-tune explain {exp}\n      inat-tune report {exp}")
+
+
+def read_sweep_file(experiment: str | Path) -> dict[str, Any]:
+    p = Path(experiment) / SWEEP_FILE
+    if not p.is_file():
+        raise SweepError(f"{experiment} has no {SWEEP_FILE}: is it an inat-tune experiment folder?")
+    return json.loads(p.read_text())
+
+
+def run_sweep_from_args(args) -> int:
+    from .space import SpaceError
+    try:
+        if args.resume:
+            if not args.name:
+                raise SweepError("--resume needs --name NAME (the experiment to continue)")
+            opts, space = resolve_options(args)
+            saved = Path(opts.experiment_path) / SWEEP_FILE
+            if saved.is_file():  # keep the original settings of the experiment
+                prev = json.loads(saved.read_text())
+                opts = SweepOptions(**{k: prev[k] for k in SweepOptions.__dataclass_fields__
+                                       if k in prev and k != "overrides"},
+                                    overrides=tuple(prev.get("overrides", ())))
+        else:
+            opts, space = resolve_options(args)
+        run_sweep(opts, space, resume=args.resume)
+    except (SweepError, SpaceError, ConfigError, DatasetError) as e:
+        print(f"inat-tune sweep: error: {e}")
+        return 2
+    return 0
