@@ -21,8 +21,8 @@ import yaml
 from ..config import ConfigError, parse_overrides
 from ..data.pipeline import load_tuning_data
 from ..data.scan import DatasetError, scan_dataset
-from .space import SweepSpec, load_space, make_scheduler, make_search_alg, max_epochs, override, \
-    spec_to_dict, to_tune_param_space
+from .space import SweepSpec, load_space, make_scheduler, make_search_alg, max_epochs, \
+    num_grid_trials, override, spec_to_dict, to_tune_param_space
 from .trainables import TrialSettings, make_trainable
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ def resolve_options(args) -> tuple[SweepOptions, SweepSpec]:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
     num = args.num_samples or space.run_cap or DEFAULT_NUM_SAMPLES
+    if space.method == "grid":
+        num = 1  # Ray repeats the whole grid num_samples times: one pass is the grid
     name = args.name or f"{Path(args.space).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     opts = SweepOptions(space_path=str(args.space), data_dir=str(Path(args.data).expanduser().resolve()),
                         name=name, storage=args.storage, num_samples=num,
@@ -257,6 +259,8 @@ def _print_summary(results, opts: SweepOptions, space: SweepSpec, wall: float) -
     df = results.get_dataframe()
     errors = sum(1 for r in results if r.error is not None)
     print()
+    if space.method == "grid":
+        log.debug("grid of %d trials", num_grid_trials(space))
     print(f"sweep {opts.name}: {len(results)} trials ({errors} errored) in {wall:.0f} s wall")
     if "gpu_seconds" in df:
         gpu = df["gpu_seconds"].fillna(0).sum()

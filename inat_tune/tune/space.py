@@ -244,7 +244,8 @@ def load_space(path_or_dict: str | Path | Mapping[str, Any]) -> SweepSpec:
         if name == "model":
             raise SpaceError("parameters.model: pick the trainable with the top-level `model:` key")
         if name not in known:
-            raise SpaceError(_unknown_msg(name, known, "hyperparameter", where=f"parameters.{name}"))
+            raise SpaceError(_unknown_msg(name, known, "hyperparameter",
+                                          where=f"parameters.{name}"))
         params[name] = _parse_param(name, form)
 
     params = _check_against_runconfig(model, params)
@@ -798,7 +799,8 @@ def _to_domain(p: Param, method: str, tune: Any) -> Any:
             dom = Categorical(entries)
         else:  # Optuna's storages take only scalar categories: labels, mapped back per draw
             labels = [repr(_plain(v)) for v in entries]
-            dom = _ray_class("MappedCategorical")(labels, _Transform(lookup=tuple(zip(labels, entries))))
+            lookup = _Transform(lookup=tuple(zip(labels, entries)))
+            dom = _ray_class("MappedCategorical")(labels, lookup)
         if p.probabilities is not None:
             dom.set_sampler(_ray_class("WeightedChoice")(p.probabilities))
             return dom
