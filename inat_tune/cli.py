@@ -77,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="the whole pipeline on the synthetic dataset", formatter_class=fmt)
     de.add_argument("--out", default="results/demo", help="where the demo writes everything")
-    de.add_argument("--num-samples", type=int, default=6)
+    de.add_argument("--num-samples", type=int, default=8)
     return p
 
 

@@ -218,8 +218,14 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
         name=opts.name,
         storage_path=opts.storage if "://" in opts.storage else str(Path(opts.storage).expanduser().resolve()),
         callbacks=callbacks,
+        # Keeps each trial's best checkpoint (by the metric) and its latest (Ray never deletes the
+        # latest). num_to_keep=1 also makes Tune save the experiment state after every checkpoint
+        # (it forces a snapshot every num_to_keep checkpoints of a trial): with 2, the latest
+        # checkpoint that the saved state names could already be deleted when the driver is
+        # killed, and --resume then fails that trial ("Could not recover from checkpoint as it
+        # does not exist on storage anymore"); tests/test_faults.py kills the driver.
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=2, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode),
+            num_to_keep=1, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         verbose=0,  # the CompactProgress callback prints instead of Ray's full table
     )

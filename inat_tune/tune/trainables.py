@@ -55,7 +55,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     if checkpoint is not None:  # Ray restarted this trial (failure, node loss, --resume)
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / CHECKPOINT_NAME, map_location=device, weights_only=False)
-    node = {"node_ip": _node_ip(), "hostname": socket.gethostname()}
+    node = {"node_ip": _node_ip(), "node_id": _node_id(), "hostname": socket.gethostname()}
 
     def report(metrics: dict[str, Any], state: TrainState) -> None:
         seconds = metrics["time_total_s"]
@@ -85,6 +85,18 @@ def _node_ip() -> str:
         return ray.util.get_node_ip_address()
     except Exception:  # outside Ray (tests calling run_trial directly)
         return "127.0.0.1"
+
+
+def _node_id() -> str:
+    """Ray's id of the node running this trial: unlike node_ip, distinct for every node, even
+    several nodes on one machine (a local test cluster)."""
+    try:
+        import ray
+        # not initialized = outside Ray (tests calling run_trial directly); the runtime context
+        # would otherwise start a local Ray instance just to answer
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 def scratch_cnn_trainable(config: dict[str, Any], settings: TrialSettings) -> None:

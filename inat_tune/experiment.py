@@ -1,0 +1,304 @@
+"""Read an experiment folder as plain files (no Ray running) and pick its best trial.
+
+An experiment folder is what ``inat-tune sweep`` leaves under ``<storage>/<name>/``::
+
+    sweep.json                the sweep's settings (data_dir, name, ...)
+    space.yaml                the resolved search space; metric {name, goal} picks the best
+    split_manifest.json       the tuning train/validation split
+    <trainable>_<trial_id>/   one folder per Ray Tune trial:
+        params.json           the trial's config
+        result.json           one JSON line per reported epoch (val_acc, training_iteration, ...)
+        checkpoint_00000N/checkpoint.pt   the state after training_iteration N + 1
+        error.txt             only when the trial errored
+    experiment_state-*.json   Ray's trial table (read as JSON for each trial's status)
+
+``load_experiment(path)`` returns an :class:`Experiment`; ``best_trial(exp)`` returns the
+trial with the best value of the sweep's own metric (a validation metric: the test set is
+never used to choose) and the checkpoint of its best epoch. Nothing here imports Ray; torch
+is imported only to read a checkpoint's saved epoch when checkpoints need checking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"  # same name as inat_tune.tune.runner.SWEEP_FILE (not imported: no Ray)
+SPACE_FILE = "space.yaml"
+CHECKPOINT_NAME = "checkpoint.pt"  # inat_tune.train.CHECKPOINT_NAME
+_GOALS = {"maximize": "max", "minimize": "min", "max": "max", "min": "min"}
+FINISHED, ERRORED, UNFINISHED = "finished", "errored", "unfinished"
+
+
+class ExperimentError(ValueError):
+    """The folder is not a usable experiment; the message names the folder or the trial."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial folder. ``results`` are result.json's lines in order (one per epoch)."""
+
+    trial_id: str
+    path: Path
+    config: dict[str, Any]
+    results: tuple[dict[str, Any], ...]
+    status: str  # finished (incl. stopped early by ASHA) | errored | unfinished (see _status)
+    checkpoints: tuple[Path, ...]  # checkpoint_*/checkpoint.pt files, in index order
+    error: str | None = None  # the last line of error.txt, for messages
+
+    def best_result(self, metric: str, mode: str) -> dict[str, Any] | None:
+        """The epoch row with the best finite ``metric`` (the earliest on ties), or None."""
+        rows = [r for r in self.results if _finite(r.get(metric))]
+        if not rows:
+            return None
+        sign = 1.0 if mode == "max" else -1.0
+        return max(rows, key=lambda r: sign * float(r[metric]))  # max() keeps the first of ties
+
+
+@dataclass(frozen=True)
+class Experiment:
+    path: Path
+    name: str
+    sweep: dict[str, Any]  # sweep.json
+    space: dict[str, Any]  # space.yaml
+    metric: str  # e.g. val_acc
+    mode: str  # max | min
+    trials: tuple[Trial, ...]
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.sweep.get("data_dir")
+
+    def trial(self, trial_id: str) -> Trial:
+        for t in self.trials:
+            if t.trial_id == trial_id:
+                return t
+        raise ExperimentError(f"{self.path}: no trial {trial_id!r}")
+
+
+class BestTrial(NamedTuple):
+    trial: Trial
+    checkpoint: Path  # .../checkpoint_00000N/checkpoint.pt
+    epoch: int | None  # the epoch the checkpoint holds
+    value: float  # the metric at that epoch (validation split)
+    result: dict[str, Any] | None  # that epoch's result.json row
+
+
+# ---------------------------------------------------------------------------------------------
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read ``path`` (an experiment folder); raises ExperimentError if it is not one."""
+    if "://" in str(path):
+        raise ExperimentError(f"{path}: remote experiments are not read directly; copy the folder "
+                              "here first (e.g. `aws s3 sync URI DIR`)")
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ExperimentError(f"experiment folder {path} does not exist")
+    if not (path / SWEEP_FILE).is_file():
+        inner = sorted(p.name for p in path.iterdir() if (p / SWEEP_FILE).is_file())
+        hint = f" (experiments inside it: {', '.join(inner)})" if inner else ""
+        raise ExperimentError(f"{path} is not an inat-tune experiment folder: no {SWEEP_FILE}{hint}")
+    sweep = json.loads((path / SWEEP_FILE).read_text())
+    space_file = path / SPACE_FILE
+    if not space_file.is_file():
+        raise ExperimentError(f"{path}: no {SPACE_FILE}, so the metric that picks the best trial is unknown")
+    space = yaml.safe_load(space_file.read_text()) or {}
+    metric, mode = _metric(space, space_file)
+    states = _ray_states(path)
+    trials = tuple(_read_trial(p, states) for p in sorted(path.iterdir())
+                   if p.is_dir() and ((p / "params.json").is_file() or (p / "result.json").is_file()))
+    return Experiment(path=path, name=sweep.get("name", path.name), sweep=sweep, space=space,
+                      metric=metric, mode=mode, trials=trials)
+
+
+def best_trial(exp: Experiment, *, include_unfinished: bool = False) -> BestTrial:
+    """The finished trial whose best epoch has the best ``exp.metric``, and that epoch's checkpoint.
+
+    Chosen on the validation split the sweep optimised (space.yaml's metric), never on test
+    data. Unfinished trials (interrupted sweeps) count only with ``include_unfinished``;
+    errored trials never. Raises ExperimentError when no trial qualifies or the chosen trial
+    has no checkpoint.
+    """
+    if not exp.trials:
+        raise ExperimentError(f"{exp.path}: no trial folders (did the sweep start?)")
+    allowed = {FINISHED, UNFINISHED} if include_unfinished else {FINISHED}
+    candidates = [t for t in exp.trials if t.status in allowed]
+    if not candidates:
+        counts = {s: sum(t.status == s for t in exp.trials) for s in (FINISHED, ERRORED, UNFINISHED)}
+        errors = [f"{t.trial_id}: {t.error}" for t in exp.trials if t.error][:3]
+        raise ExperimentError(
+            f"{exp.path}: no finished trial ({len(exp.trials)} trials: {counts[ERRORED]} errored, "
+            f"{counts[UNFINISHED]} unfinished)" + (f"; errors: {'; '.join(errors)}" if errors else "")
+            + f". Continue it with `inat-tune sweep ... --resume --name {exp.name}`")
+    scored = [(t, t.best_result(exp.metric, exp.mode)) for t in candidates]
+    scored = [(t, r) for t, r in scored if r is not None]
+    if not scored:
+        raise ExperimentError(f"{exp.path}: no finished trial reported {exp.metric}")
+    sign = 1.0 if exp.mode == "max" else -1.0
+    trial, row = max(scored, key=lambda tr: sign * float(tr[1][exp.metric]))
+    return _best_checkpoint(exp, trial, row)
+
+
+def trial_checkpoint(trial: Trial, row: dict[str, Any]) -> Path | None:
+    """The checkpoint file saved with result row ``row``, if it was kept.
+
+    Ray names it in the row (``checkpoint_dir_name``); rows without it use Ray's numbering:
+    ``checkpoint_00000N`` holds ``training_iteration`` N + 1.
+    """
+    name = row.get("checkpoint_dir_name")
+    if not name and "training_iteration" in row:
+        name = f"checkpoint_{int(row['training_iteration']) - 1:06d}"
+    if not name:
+        return None
+    p = trial.path / name / CHECKPOINT_NAME
+    return p if p.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _metric(space: dict[str, Any], where: Path) -> tuple[str, str]:
+    m = space.get("metric") or {}
+    name, goal = m.get("name", "val_acc"), m.get("goal", "maximize")
+    if goal not in _GOALS:
+        raise ExperimentError(f"{where}: metric.goal {goal!r} must be maximize or minimize")
+    if str(name).startswith("test"):  # the best model is chosen on validation data only
+        raise ExperimentError(f"{where}: metric {name!r} is a test metric; choose on a validation metric")
+    return str(name), _GOALS[goal]
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if not path.is_file():
+        return rows
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed process: keep the rest
+            log.warning("%s:%d: unreadable result line skipped", path, i + 1)
+    return rows
+
+
+_RAY_STATUS = {"TERMINATED": FINISHED, "ERROR": ERRORED, "RUNNING": UNFINISHED,
+               "PENDING": UNFINISHED, "PAUSED": UNFINISHED}
+
+
+def _ray_states(path: Path) -> dict[str, str]:
+    """Trial folder name and trial id -> Ray's status, from the newest experiment_state-*.json
+    (plain JSON: each ``trial_data`` item starts with the trial's JSON). {} if none is readable."""
+    files = sorted(path.glob("experiment_state-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    try:
+        data = json.loads(files[-1].read_text()) if files else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out: dict[str, str] = {}
+    for item in data.get("trial_data", []):
+        try:
+            info = json.loads(item[0]) if isinstance(item[0], str) else item[0]
+            status = info["status"]
+        except (TypeError, KeyError, IndexError, json.JSONDecodeError):
+            continue
+        for key in (info.get("relative_logdir"), info.get("custom_dirname"), info.get("trial_id")):
+            if key:
+                out[str(key)] = status
+    return out
+
+
+def _status(results: list[dict[str, Any]], error: str | None, ray_status: str | None,
+            config: dict[str, Any]) -> str:
+    """Ray's own status when its state file names the trial; otherwise from the trial's files:
+    a last result with done=true (Ray sets it when ASHA stops a trial) or all the config's
+    epochs reported -> finished; error.txt -> errored; else unfinished (still running or
+    interrupted). A trial that errored, was retried and then completed counts as finished."""
+    if ray_status in _RAY_STATUS:
+        return _RAY_STATUS[ray_status]
+    last = results[-1] if results else {}
+    epochs = config.get("epochs", last.get("config", {}).get("epochs"))
+    if last.get("done") or (epochs is not None and last.get("epoch", 0) >= int(epochs) and error is None):
+        return FINISHED
+    return ERRORED if error is not None else UNFINISHED
+
+
+def _read_trial(path: Path, states: dict[str, str]) -> Trial:
+    results = _read_results(path / "result.json")
+    config = json.loads((path / "params.json").read_text()) if (path / "params.json").is_file() \
+        else dict(results[-1].get("config", {})) if results else {}
+    trial_id = next((r["trial_id"] for r in results if r.get("trial_id")), None) or path.name
+    error_file = path / "error.txt"
+    error = None
+    if error_file.is_file():
+        lines = [ln for ln in error_file.read_text(errors="replace").splitlines() if ln.strip()]
+        error = lines[-1].strip()[:200] if lines else "error.txt is empty"
+    status = _status(results, error, states.get(path.name, states.get(trial_id)), config)
+    checkpoints = tuple(sorted(path.glob(f"checkpoint_*/{CHECKPOINT_NAME}"),
+                               key=lambda p: _checkpoint_index(p.parent.name)))
+    return Trial(trial_id=trial_id, path=path, config=config, results=tuple(results), status=status,
+                 checkpoints=checkpoints, error=error)
+
+
+def _checkpoint_index(name: str) -> int:
+    try:
+        return int(name.rsplit("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _saved(ckpt: Path, metric: str) -> tuple[int | None, float | None]:
+    """(epoch, metric at that epoch) as the checkpoint file itself records them."""
+    import torch  # only here: reading the experiment's JSON needs no torch
+
+    payload = torch.load(ckpt, map_location="cpu", weights_only=False)
+    epoch = payload.get("epoch")
+    value = None
+    for h in payload.get("history", []):
+        if h.get("epoch") == epoch and _finite(h.get(metric)):
+            value = float(h[metric])
+    return epoch, value
+
+
+def _best_checkpoint(exp: Experiment, trial: Trial, row: dict[str, Any]) -> BestTrial:
+    if not trial.checkpoints:
+        raise ExperimentError(f"trial {trial.trial_id} ({trial.path}) has the best {exp.metric} but no "
+                              f"checkpoint (no checkpoint_*/{CHECKPOINT_NAME}); it cannot be evaluated")
+    value = float(row[exp.metric])
+    ckpt = trial_checkpoint(trial, row)
+    if ckpt is not None:
+        epoch, _ = _saved(ckpt, exp.metric)
+        if epoch is None or row.get("epoch") is None or epoch == row["epoch"]:
+            return BestTrial(trial, ckpt, epoch if epoch is not None else row.get("epoch"), value, row)
+        log.warning("trial %s: %s holds epoch %s, but its result row is epoch %s; searching the "
+                    "trial's checkpoints", trial.trial_id, ckpt.parent.name, epoch, row["epoch"])
+    # The best epoch's checkpoint was not kept (or does not match): take the kept checkpoint
+    # of that epoch if any, else the one with the best metric it recorded itself.
+    sign = 1.0 if exp.mode == "max" else -1.0
+    saved = []
+    by_epoch = {r.get("epoch"): r for r in trial.results}
+    for p in trial.checkpoints:
+        epoch, v = _saved(p, exp.metric)
+        if v is None and _finite(by_epoch.get(epoch, {}).get(exp.metric)):
+            v = float(by_epoch[epoch][exp.metric])
+        if epoch is not None and epoch == row.get("epoch"):
+            return BestTrial(trial, p, epoch, value, row)
+        if v is not None:
+            saved.append((sign * v, -_checkpoint_index(p.parent.name), p, epoch, v))
+    if not saved:
+        raise ExperimentError(f"trial {trial.trial_id} ({trial.path}): none of its checkpoints records "
+                              f"{exp.metric}, so the best one is unknown")
+    _, _, p, epoch, v = max(saved)
+    log.warning("trial %s: the checkpoint of its best epoch %s (%s %.4f) was not kept; using %s "
+                "(epoch %s, %s %.4f)", trial.trial_id, row.get("epoch"), exp.metric, value,
+                p.parent.name, epoch, exp.metric, v)
+    return BestTrial(trial, p, epoch, v, by_epoch.get(epoch))

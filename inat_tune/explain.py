@@ -1,0 +1,426 @@
+"""``inat-tune explain``: what the best model of an experiment has learned, as three figures.
+
+Written into the experiment folder:
+
+    filters.png          every first-layer conv filter (8 x 8 for 64 filters), each min-max
+                         normalised on its own and shown as RGB
+    feature_maps.png     the first layer's feature maps (after its activation) for one seeded
+                         test image, next to the image
+    guided_backprop.png  guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806;
+                         Captum's GuidedBackprop) for 10 channels of the last conv block
+                         (CONV5 of the scratch CNN; the last stage, e.g. ``layer4``, of a
+                         ResNet-like backbone): for each channel the test image (of a seeded
+                         sample) that excites it most, and the input pattern that excites it
+
+**The guided rule and non-ReLU activations.** Guided backprop zeroes negative gradients where
+they pass a ReLU (grad_in = max(grad_out, 0) * [x > 0]). Captum implements it by hooking
+``nn.ReLU`` modules only: a network whose conv activation is GELU, SiLU, Mish, ELU, ... would
+get the *plain* input gradient from Captum, silently. Here Captum's own hook (which replaces
+an activation's input gradient by its positive part) is attached to every elementwise
+activation module (:data:`GUIDED_ACTIVATIONS`). For ReLU this is exactly Captum's
+GuidedBackprop; for monotone activations (LeakyReLU, ELU, SELU, Tanh, ReLU6) it is
+f'(x) * max(grad_out, 0), the guided rule with the activation's own slope; for the
+non-monotone GELU / SiLU / Mish it is max(f'(x) * grad_out, 0), so only signals that would
+increase the neuron pass, as the method intends. The figure title says which activations the
+rule was applied to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .evaluate import BestModel, _figure, _short, load_best
+
+log = logging.getLogger(__name__)
+
+FIGURES = {"filters": "filters.png", "feature_maps": "feature_maps.png",
+           "guided_backprop": "guided_backprop.png"}
+# Elementwise activation modules the guided rule is applied at (ReLU6 and Hardtanh are the
+# same class family; Hardswish/Hardsigmoid appear in MobileNetV3, ReLU6 in MobileNetV2).
+GUIDED_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the layers (model-agnostic)
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The first ``nn.Conv2d`` in module order (``blocks[0].conv``, ResNet's ``conv1``)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise ValueError(f"{type(model).__name__} has no nn.Conv2d layer")
+
+
+def first_activation(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) of the first layer's activation: the first activation module after the
+    first conv and before the second (``blocks.0.act``, ResNet's ``relu``); the first conv
+    itself when none lies between them (ConvNeXt's stem has a norm and no activation)."""
+    conv = first_conv(model)
+    conv_name, seen_conv = "", False
+    for name, m in model.named_modules():
+        if m is conv:
+            seen_conv, conv_name = True, name
+        elif seen_conv and isinstance(m, nn.Conv2d):
+            break
+        elif seen_conv and isinstance(m, GUIDED_ACTIVATIONS):
+            return name, m
+    return conv_name, conv
+
+
+def _has_conv(m: nn.Module) -> bool:
+    return any(isinstance(x, nn.Conv2d) for x in m.modules())
+
+
+def last_conv_block(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) of the last conv block, whose output channels guided backprop explains.
+
+    In this order: the scratch CNN's ``blocks[-1]`` (CONV5); the last stage named in
+    ``model.stages`` / ``model.stage_names`` that contains a conv (looked up in
+    ``model.pieces`` by stage, else as a submodule of the model, ``.net`` or ``.backbone``):
+    ResNet -> ``layer4``; else, from the torchvision network (``.net``/``.backbone`` when it is a
+    module) the last child that contains a conv, descending while that child also holds the
+    first conv (a whole trunk such as MobileNet's ``features``).
+    """
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) and _has_conv(blocks[-1]):
+        return f"blocks.{len(blocks) - 1}", blocks[-1]
+    stages = getattr(model, "stages", None) or getattr(model, "stage_names", None)
+    if stages:
+        found = [(n, m) for n, m in (_stage_module(model, s) for s in stages) if m is not None and _has_conv(m)]
+        if found:
+            return found[-1]
+    prefix, node = "", model
+    for attr in ("net", "backbone"):
+        if isinstance(getattr(model, attr, None), nn.Module):
+            prefix, node = attr, getattr(model, attr)
+            break
+    first = first_conv(node)
+    while True:
+        children = [(n, c) for n, c in node.named_children() if _has_conv(c)]
+        if not children:
+            break
+        name, child = children[-1]
+        prefix, node = (f"{prefix}.{name}" if prefix else name), child
+        if not any(m is first for m in child.modules()):
+            break
+    if node is model:
+        raise ValueError(f"{type(model).__name__}: no conv block found")
+    return prefix, node
+
+
+def _stage_module(model: nn.Module, stage: Any) -> tuple[str, nn.Module | None]:
+    if isinstance(stage, nn.Module):
+        return type(stage).__name__, stage
+    name = str(stage)
+    pieces = [p for p in getattr(model, "pieces", None) or () if getattr(p, "stage", None) == name]
+    if pieces and isinstance(getattr(pieces[-1], "module", None), nn.Module):
+        return name, pieces[-1].module  # the module forward() runs for that stage
+    for attr in ("", "net", "backbone"):
+        root = getattr(model, attr, None) if attr else model
+        if isinstance(root, nn.Module):
+            try:
+                return (f"{attr}.{name}" if attr else name), root.get_submodule(name)
+            except AttributeError:
+                continue
+    return name, None
+
+
+def _without_inplace(model: nn.Module) -> None:
+    """Hooks (Captum's and ours) need every activation's input intact: no in-place ops."""
+    for m in model.modules():
+        if getattr(m, "inplace", False):
+            m.inplace = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Guided backprop
+
+class FigureInfo(NamedTuple):
+    path: Path
+    grid: tuple[int, int]  # (rows, cols) of the figure's panels, as its plot function returned
+
+
+class ChannelMax(nn.Module):
+    """[0, 1] images -> (N, C): each channel's spatial max at ``layer``'s output.
+
+    The normalisation is inside, so attributions are w.r.t. image pixels; Captum's ``target``
+    then picks a channel, and the gradient flows to that channel's most excited neuron.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self._layer = (layer,)  # not registered: Captum must hook its activations only once
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = self._layer[0].register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            self.model((x - self.mean) / self.std)
+        finally:
+            handle.remove()
+        out = captured[-1]
+        if out.ndim != 4:
+            raise ValueError(f"the explained layer gives shape {tuple(out.shape)}, not N x C x H x W")
+        return out.float().amax(dim=(2, 3))
+
+
+def guided_backprop(model: nn.Module) -> Any:
+    """Captum's GuidedBackprop with its ReLU hook attached to every activation module in
+    :data:`GUIDED_ACTIVATIONS` (identical to Captum's for ReLU-only networks)."""
+    from captum._utils.common import _register_backward_hook
+    from captum.attr import GuidedBackprop
+
+    class _GuidedBackprop(GuidedBackprop):
+        def _register_hooks(self, module: nn.Module) -> None:
+            if isinstance(module, GUIDED_ACTIVATIONS):
+                self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
+
+    return _GuidedBackprop(model)
+
+
+def guided_attribution(net: nn.Module, images: torch.Tensor, channel: int) -> torch.Tensor:
+    """Guided-backprop attribution of ``net(images)[:, channel]`` w.r.t. ``images``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+        return guided_backprop(net).attribute(images.clone().requires_grad_(True), target=channel).detach()
+
+
+def activation_names(model: nn.Module, upto: nn.Module | None = None) -> list[str]:
+    """The activation module types in ``model`` (up to the end of ``upto``, in module order):
+    where the guided rule is applied on the way back from ``upto``."""
+    modules = list(model.modules())
+    end = len(modules)
+    if upto is not None:
+        inside = {id(m) for m in upto.modules()}
+        end = max((i for i, m in enumerate(modules) if id(m) in inside), default=end - 1) + 1
+    return sorted({type(m).__name__ for m in modules[:end] if isinstance(m, GUIDED_ACTIVATIONS)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """A fitting (rows, cols) for n panels: 8 x 8 for 64, 4 x 8 for 32, 2 x 4 for 8, one row
+    up to 5; near square (3 x 3 for 7) when the exact factorisation is too elongated."""
+    rows = max(r for r in range(1, int(math.isqrt(n)) + 1) if n % r == 0) if n else 1
+    if n // rows > 2 * rows and n > 5:  # e.g. a prime count: near-square, a few cells empty
+        cols = math.ceil(math.sqrt(n))
+        return math.ceil(n / cols), cols
+    return rows, n // rows
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def plot_filters(weight: torch.Tensor, path: str | Path, title: str = "") -> tuple[int, int]:
+    """Every filter of a conv weight (out x in x k x k) as a tile, each min-max normalised on
+    its own; RGB when in = 3, the mean over inputs in grey otherwise. Returns (rows, cols)."""
+    w = weight.detach().float().cpu().numpy()
+    n = w.shape[0]
+    rows, cols = grid_shape(n)
+    fig = _figure(1.0 * cols + 0.3, 1.0 * rows + 0.7)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / (1.0 * rows + 0.7),
+                        wspace=0.08, hspace=0.08)
+    for i in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        f = w[i]
+        tile = _minmax(f.transpose(1, 2, 0)) if f.shape[0] == 3 else _minmax(f.mean(0))
+        ax.imshow(tile, cmap=None if tile.ndim == 3 else "gray", interpolation="nearest")
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / (1.0 * rows + 0.7), va="top")
+    fig.savefig(path, dpi=100)
+    return rows, cols
+
+
+def plot_feature_maps(image: np.ndarray, maps: torch.Tensor, path: str | Path, title: str = "",
+                      image_title: str = "") -> tuple[int, int]:
+    """The input image (uint8 S x S x 3) and its feature maps (C x H x W), each map on its own
+    colour scale. Returns the (rows, cols) of the map grid."""
+    m = maps.detach().float().cpu().numpy()
+    n = m.shape[0]
+    rows, cols = grid_shape(n)
+    tile = 1.05
+    width, height = 3.2 + tile * cols, max(3.4, tile * rows + 0.8)
+    fig = _figure(width, height)
+    top = 1 - 0.65 / height
+    gs = fig.add_gridspec(rows, cols + 3, left=0.015, right=0.985, bottom=0.02, top=top,
+                          wspace=0.06, hspace=0.08,
+                          width_ratios=[2.6 / 2, 2.6 / 2, 0.25] + [tile] * cols)
+    ax = fig.add_subplot(gs[:, :2])
+    ax.imshow(image)
+    ax.set_title(image_title, fontsize=9)
+    ax.axis("off")
+    for i in range(rows * cols):
+        a = fig.add_subplot(gs[i // cols, 3 + i % cols])
+        a.set_xticks([])
+        a.set_yticks([])
+        if i >= n:
+            a.axis("off")
+            continue
+        a.imshow(m[i], cmap="viridis", interpolation="nearest")
+        a.text(0.03, 0.97, str(i), transform=a.transAxes, fontsize=6.5, color="white", va="top",
+               ha="left")
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
+    fig.savefig(path, dpi=100)
+    return rows, cols
+
+
+def pattern_image(attr: torch.Tensor) -> np.ndarray:
+    """An attribution (3 x H x W) as an RGB picture: grey = 0, brighter / darker = positive /
+    negative, scaled by the 99.5th percentile of |attr| so a few pixels do not wash it out."""
+    a = attr.detach().float().cpu().numpy().transpose(1, 2, 0)
+    scale = float(np.percentile(np.abs(a), 99.5)) or 1.0
+    return np.clip(0.5 + 0.5 * a / scale, 0.0, 1.0)
+
+
+def plot_guided_backprop(images: np.ndarray, patterns: Sequence[np.ndarray], labels: Sequence[str],
+                         path: str | Path, title: str = "") -> tuple[int, int]:
+    """One row per neuron: the image that excites it most and its guided-backprop pattern,
+    side by side. Returns (rows, 1): rows of (image, pattern) pairs."""
+    rows = len(patterns)
+    side, label_h, top_in = 1.9, 0.42, 1.0  # inches: one picture, its caption band, the title band
+    height = (side + label_h) * rows + top_in
+    fig = _figure(2 * side + 0.5, height)
+    gs = fig.add_gridspec(rows, 2, left=0.04, right=0.96, bottom=0.05 / height, top=1 - top_in / height,
+                          wspace=0.06, hspace=label_h / side)
+    for r in range(rows):
+        a0, a1 = fig.add_subplot(gs[r, 0]), fig.add_subplot(gs[r, 1])
+        a0.imshow(images[r])
+        a1.imshow(patterns[r])
+        for a in (a0, a1):
+            a.set_xticks([])
+            a.set_yticks([])
+        a0.set_title(labels[r], fontsize=7.5, loc="left", pad=2)
+        a1.set_title("guided backprop pattern", fontsize=7.5, loc="left", pad=2)
+    fig.suptitle(title, fontsize=8, y=1 - 0.06 / height, va="top")
+    fig.savefig(path, dpi=100)
+    return rows, 1
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _as_float(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 N x S x S x 3 -> float N x 3 x S x S in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div(255)
+
+
+def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    shape = (1, -1, 1, 1)
+    return (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(std, device=x.device).view(shape)
+
+
+@torch.no_grad()
+def channel_maxima(net: ChannelMax, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """(N, C) spatial-max activation of every channel for every image."""
+    return torch.cat([net(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def choose_channels(maxima: torch.Tensor, k: int, seed: int) -> list[int]:
+    """``k`` channels, a seeded draw among those that fire on some image (dead ones explain
+    nothing), topped up with the rest if fewer than ``k`` fire."""
+    rng = np.random.default_rng(seed)
+    peak = maxima.max(0).values.cpu().numpy()
+    live = np.flatnonzero(peak > 0)
+    dead = np.flatnonzero(peak <= 0)
+    pick = list(rng.choice(live, size=min(k, len(live)), replace=False)) if len(live) else []
+    pick += list(dead[: k - len(pick)])
+    return sorted(int(c) for c in pick)
+
+
+def explain_model(bm: BestModel, out_dir: str | Path, *, seed: int = 0, num_channels: int = 10,
+                  sample_size: int = 200) -> dict[str, FigureInfo]:
+    """Write the three figures for ``bm``'s model into ``out_dir``; returns each one's path and
+    grid shape. The model is put in eval mode, without in-place activations or parameter
+    gradients."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, dev = bm.model.eval(), bm.device
+    _without_inplace(model)
+    for p in model.parameters():
+        p.requires_grad_(False)  # gradients are needed w.r.t. the input only
+    images, labels, files = bm.test.images, np.asarray(bm.test.labels), bm.test.files
+    rng = np.random.default_rng(seed)
+    head = f"{bm.experiment.name}: trial {bm.best.trial.trial_id} ({bm.config.model})"
+    paths = {k: out / v for k, v in FIGURES.items()}
+
+    conv = first_conv(model)
+    k = conv.kernel_size
+    grids = {}
+    grids["filters"] = plot_filters(conv.weight, paths["filters"],
+                 title=f"{head}\nfirst-layer filters: {conv.out_channels} x {k[0]}x{k[1]}x{conv.in_channels}")
+
+    # (b) first-layer feature maps of one seeded test image
+    i = int(rng.integers(len(labels)))
+    act_name, act = first_activation(model)
+    x = _as_float(images[i:i + 1], dev)
+    captured: list[torch.Tensor] = []
+    handle = act.register_forward_hook(lambda m, inp, o: captured.append(o.detach()))
+    try:
+        with torch.no_grad():
+            model(_normalise(x, bm.mean, bm.std))  # the hook keeps the maps
+    finally:
+        handle.remove()
+    grids["feature_maps"] = plot_feature_maps(images[i], captured[0][0], paths["feature_maps"],
+                      title=f"{head}\nfirst-layer feature maps of one test image: output of {act_name} "
+                            + (f"({type(act).__name__} after the first conv)" if act is not conv
+                               else "(the first conv; no activation follows it)"),
+                      image_title=f"{Path(files[i]).name}\ntrue: {bm.classes[labels[i]]}")
+
+    # (c) guided backprop for channels of the last conv block
+    block_name, block = last_conv_block(model)
+    net = ChannelMax(model, block, bm.mean, bm.std).to(dev).eval()
+    sample = np.sort(rng.choice(len(labels), size=min(sample_size, len(labels)), replace=False))
+    xs = _as_float(images[sample], dev)
+    maxima = channel_maxima(net, xs)
+    channels = choose_channels(maxima, num_channels, seed)
+    rows_img, patterns, row_labels = [], [], []
+    for c in channels:
+        j = int(maxima[:, c].argmax())
+        attr = guided_attribution(net, xs[j:j + 1], c)[0]
+        idx = int(sample[j])
+        rows_img.append(images[idx])
+        patterns.append(pattern_image(attr))
+        row_labels.append(f"channel {c} (max activation {float(maxima[j, c]):.2f})\n"
+                          f"{_short('/'.join(Path(files[idx]).parts[-2:]), 34)}")
+    acts = activation_names(model, upto=block)
+    grids["guided_backprop"] = plot_guided_backprop(np.stack(rows_img), patterns, row_labels, paths["guided_backprop"],
+                         title=f"{head}\nguided backprop, {len(channels)} of {maxima.shape[1]} channels of "
+                               f"{block_name};\neach with the most exciting of {len(sample)} test images\n"
+                               f"guided rule at: {', '.join(acts) or 'no activation module'}"
+                               f"{'' if acts == ['ReLU'] else chr(10) + '(the ReLU rule, generalised: see explain.py)'}")
+    return {k: FigureInfo(paths[k], grids[k]) for k in FIGURES}
+
+
+def explain_experiment(path: str | Path, data: str | Path | None = None, *, device: str | None = None,
+                       seed: int = 0, num_channels: int = 10, sample_size: int = 200,
+                       cache_dir: str | Path | None = None) -> dict[str, Path]:
+    """Filters, feature maps and guided backprop of the best trial of experiment ``path``
+    (chosen on validation data), drawn from its test set; returns the figure paths."""
+    bm = load_best(path, data, device=device, cache_dir=cache_dir, progress=True)
+    figures = explain_model(bm, bm.experiment.path, seed=seed, num_channels=num_channels,
+                            sample_size=sample_size)
+    paths = {k: f.path for k, f in figures.items()}
+    print(f"explain {bm.experiment.name}: trial {bm.best.trial.trial_id} "
+          f"({bm.experiment.metric} {bm.best.value:.4f}); wrote "
+          + ", ".join(str(p) for p in paths.values()))
+    return paths

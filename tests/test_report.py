@@ -1,0 +1,225 @@
+"""``write_report``: files written, links that resolve, self-contained HTML, numbers that come
+from the tables, the two-experiment comparison, W&B as best effort, and a real tiny sweep."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from inat_tune import analysis as an
+from inat_tune.report import write_report
+from test_analysis import PLANTED, make_experiment  # noqa: E402 - tests/ is on sys.path
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MD_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+# a number standing alone (not part of a hex trial id or a word): 0.7338, -0.03, 29, 13.4
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w])")
+
+
+def _png(path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [0, 1])
+    fig.savefig(path)
+    return path
+
+
+def _section(md: str, title: str) -> str:
+    start = md.index(f"## {title}")
+    nxt = md.find("\n## ", start + 3)
+    return md[start: nxt if nxt > 0 else None]
+
+
+def _html_images(text: str) -> list[bytes]:
+    srcs = re.findall(r"<img[^>]*\ssrc=\"([^\"]+)\"", text)
+    out = []
+    for s in srcs:
+        assert s.startswith("data:image/png;base64,"), s[:60]
+        out.append(base64.b64decode(s.split(",", 1)[1], validate=True))
+    return out
+
+
+@pytest.fixture
+def exp(tmp_path) -> Path:
+    return make_experiment(tmp_path, "scratch")
+
+
+def test_report_writes_tables_figures_and_links_that_exist(exp):
+    (exp / "test_metrics.json").write_text(json.dumps({"test_acc": 0.6543, "trial_id": "00000016",
+                                                       "test_loss": 1.1, "per_class": {"a": 1}}))
+    _png(exp / "prediction_grid.png")
+    _png(exp / "guided_backprop.png")
+    md_path = write_report([exp], use_wandb=False)
+    assert md_path == exp / "report.md"
+    md = md_path.read_text()
+    for name in ("trials.csv", "history.csv", "report.html"):
+        assert (exp / name).is_file()
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 30 and set(trials["status"]) == {"finished", "stopped_early", "errored"}
+    assert len(pd.read_csv(exp / "history.csv")) == int(trials["epochs_run"].sum())
+
+    links = MD_IMAGE.findall(md)
+    assert links, md
+    for link in links:
+        assert (exp / link).is_file(), link
+    names = {Path(link).name for link in links}
+    assert {"fig_accuracy_vs_created.png", "fig_parallel_coordinates.png", "fig_importance.png",
+            "fig_learning_curves.png", "fig_asha_rungs.png", "prediction_grid.png",
+            "guided_backprop.png"} <= names
+    # evaluate's output is in the report
+    assert "## Test set" in md and "0.6543" in md
+    assert "## Evaluation and explanation" in md
+    # the HTML is self-contained: every image embedded, each a PNG, the same images as the .md
+    html = (exp / "report.html").read_text()
+    images = _html_images(html)
+    assert len(images) == len(links)
+    assert all(b.startswith(PNG_MAGIC) for b in images)
+    assert "<table>" in html and 'src="http' not in html and "<link" not in html
+    # the planted hyperparameter leads the importance table
+    imp = _section(md, "Hyperparameters")
+    first_row = next(line for line in imp.splitlines() if line.startswith("| 1 |"))
+    assert PLANTED in first_row
+
+
+def test_every_number_in_the_insights_is_in_the_tables(exp):
+    md = write_report(exp, use_wandb=False).read_text()
+    insights = _section(md, "Insights").split("\n\n")[1]  # the bullet list only
+    bullets = [line for line in insights.splitlines() if line.startswith("- ")]
+    assert len(bullets) >= 8
+    tables = "\n".join(line for line in md.splitlines() if line.startswith("|"))
+    cells = {c.strip() for line in tables.splitlines() for c in line.strip("|").split("|")}
+    cells |= {c.replace(",", "") for c in cells}  # 1,000 -> 1000
+    tokens = {"0.05"}  # the significance level named in "could be chance (p >= 0.05)": a threshold
+    for c in cells:
+        tokens |= set(c.split("/")) | set(NUMBER.findall(c))  # "4/4" epochs, "<0.001"
+    for bullet in bullets:
+        for number in NUMBER.findall(bullet):
+            assert number in tokens or number.lstrip("+") in tokens, (number, bullet)
+
+
+def test_report_reruns_without_listing_its_own_figures_twice(exp):
+    first = MD_IMAGE.findall(write_report(exp, use_wandb=False).read_text())
+    second = MD_IMAGE.findall(write_report(exp, use_wandb=False).read_text())
+    assert first == second
+
+
+def test_comparison_of_two_experiments(tmp_path):
+    a = make_experiment(tmp_path, "scratch", n=12, stopped=3)
+    b = make_experiment(tmp_path, "finetune", n=8, seed=1, stopped=0, errored_empty=0, errored_late=0,
+                        gpu_frac=0.5)
+    (b / "test_metrics.json").write_text(json.dumps({"test_acc": 0.8123, "trial_id": "x"}))
+    md = write_report([a, b], use_wandb=False).read_text()
+    comp = pd.read_csv(a / "comparison.csv")
+    assert comp["experiment"].tolist() == ["scratch", "finetune"]
+    assert comp["test_acc"].isna().tolist() == [True, False]
+    assert comp.loc[1, "test_acc"] == pytest.approx(0.8123)
+    for df, row in ((an.load_results(a), comp.iloc[0]), (an.load_results(b), comp.iloc[1])):
+        assert row["best_val_acc"] == pytest.approx(df["best_val_acc"].max())
+        assert row["trainable_params"] == df.loc[df["best_val_acc"].idxmax(), "trainable_params"]
+        assert 1 <= row["epochs_to_90pct"] <= 4
+    assert comp.loc[1, "gpu_seconds"] > 0 and comp.loc[0, "gpu_seconds"] == 0
+    side = _section(md, "Side by side")
+    rows = [line for line in side.splitlines() if line.startswith("| scratch") or line.startswith("| finetune")]
+    assert len(rows) == 2 and "0.8123" in rows[1]
+    assert "## Experiment scratch" in md and "## Experiment finetune" in md
+    for link in MD_IMAGE.findall(md):
+        assert (a / link).is_file(), link
+    assert (a / "fig_comparison_curves.png").is_file()
+    assert (a / "fig_finetune__parallel_coordinates.png").is_file()
+    trials = pd.read_csv(a / "trials.csv")
+    assert trials["experiment"].value_counts().to_dict() == {"scratch": 12, "finetune": 8}
+
+
+def test_report_on_an_experiment_without_results(tmp_path):
+    exp = make_experiment(tmp_path, n=3, stopped=0, errored_empty=3, errored_late=0)
+    md = write_report(exp, use_wandb=False).read_text()
+    assert "No trial reported val_acc" in md
+    for link in MD_IMAGE.findall(md):
+        assert (exp / link).is_file()
+
+
+def test_wandb_failure_only_warns(exp, monkeypatch, caplog):
+    import wandb
+
+    def broken(*a, **k):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    with caplog.at_level(logging.WARNING, logger="inat_tune.report"):
+        md = write_report(exp, use_wandb=True)
+    assert md.is_file()
+    assert any("W&B" in r.message and "no network" in r.message for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_in_the_experiment_folder(exp, monkeypatch):
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    write_report(exp, use_wandb=True)
+    runs = list((exp / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    tables = {p.name.split("_0_")[0] for p in runs[0].rglob("*.table.json")}
+    assert tables == {"importance", "parallel_coordinates"}
+
+
+def test_cli_report(exp):
+    from inat_tune.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["report", str(exp), "--no-wandb"]) == 0
+    assert str(exp / "report.md") in out.getvalue()
+    assert main(["report", str(exp / "nope"), "--no-wandb"]) == 2
+
+
+TINY_SPACE = {
+    "model": "scratch_cnn",
+    "method": "random",
+    "metric": {"name": "val_acc", "goal": "maximize"},
+    "parameters": {
+        "image_size": {"value": 32},
+        "filters": {"values": [4, 8]},
+        "dense": {"value": 8},
+        "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2},
+        "batch_size": {"value": 64},
+        "augment": {"value": False},
+        "epochs": {"value": 2},
+    },
+}
+
+
+@pytest.mark.slow
+def test_report_on_a_real_tiny_sweep(tmp_path):
+    import ray
+
+    from inat_tune.cli import main
+    from inat_tune.data.synth import make_synthetic
+
+    ds = make_synthetic(tmp_path / "ds", per_class=8, val_per_class=2, image_size=36, seed=0)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["sweep", str(space), "--data", str(ds), "--storage", str(tmp_path / "exps"),
+                       "--name", "tiny", "--num-samples", "3", "--no-wandb"])
+    finally:
+        ray.shutdown()
+    assert rc == 0
+    exp = tmp_path / "exps" / "tiny"
+    md = write_report([exp], use_wandb=False).read_text()
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 3
+    assert set(trials["status"]) <= {"finished", "stopped_early"}
+    assert (trials["epochs_run"] >= 1).all() and trials["best_val_acc"].notna().all()
+    assert len(pd.read_csv(exp / "history.csv")) == int(trials["epochs_run"].sum())
+    assert "SYNTHETIC DATA" in md  # the dataset's marker reaches the report
+    for link in MD_IMAGE.findall(md):
+        assert (exp / link).is_file()
