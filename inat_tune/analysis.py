@@ -604,12 +604,18 @@ def rung_table(df: pd.DataFrame, space: SpaceInfo) -> pd.DataFrame:
                          "trials_reached": [int((df["epochs_run"] >= r).sum()) for r in rs]})
 
 
-def best_trial(df: pd.DataFrame, space: SpaceInfo) -> pd.Series | None:
-    """The row of the best trial by the target (None when no trial reported it)."""
+def best_trial(df: pd.DataFrame, space: SpaceInfo, prefer: str | None = None) -> pd.Series | None:
+    """The row of the best trial by the target (None when no trial reported it). Ties go to
+    ``prefer`` when it is among them (the trial ``inat-tune evaluate`` chose), else to the
+    first created."""
     d = scored(df, space.target)
     if d.empty:
         return None
-    return d.loc[d[space.target].idxmax() if space.mode == "max" else d[space.target].idxmin()]
+    top = d[space.target].max() if space.mode == "max" else d[space.target].min()
+    tied = d[d[space.target] == top]
+    if prefer is not None and (tied["trial_id"] == prefer).any():
+        return tied[tied["trial_id"] == prefer].iloc[0]
+    return tied.iloc[0]
 
 
 def epochs_to_fraction(history: pd.DataFrame, trial_id: str, fraction: float = 0.9,
@@ -633,7 +639,7 @@ def comparison_table(results: Sequence[pd.DataFrame], histories: Sequence[pd.Dat
     for df, hist, space, label, test in zip(results, histories, spaces, labels, tests):
         vspace = SpaceInfo(metric="val_acc", mode="max", params=space.params,
                            early_terminate=space.early_terminate, epochs=space.epochs)
-        b = best_trial(df, vspace)
+        b = best_trial(df, vspace, prefer=(test or {}).get("trial_id"))
         cost = cost_summary(df)
         rows.append({
             "experiment": label, "model": _first(df, CONFIG_PREFIX + "model"),
@@ -696,10 +702,10 @@ def metric_label(space: SpaceInfo) -> str:
 
 
 def insights(df: pd.DataFrame, space: SpaceInfo | Mapping[str, Any] | str | Path | None = None,
-             importance: pd.DataFrame | None = None) -> list[str]:
+             importance: pd.DataFrame | None = None, prefer: str | None = None) -> list[str]:
     """Findings of a sweep in plain sentences, each number taken from :func:`category_table`,
     :func:`importance_table` (pass it when already computed), :func:`cost_table`, or the trial
-    table (best configuration). Correlations come with a qualifier (weak < 0.3 <= moderate <
+    table (best configuration; ``prefer`` breaks a tie for best as in :func:`best_trial`). Correlations come with a qualifier (weak < 0.3 <= moderate <
     0.6 <= strong |rho|, and "could be chance" when p >= 0.05), and no claim is made from
     fewer than MIN_TRIALS scored trials."""
     space = resolve_space(space, df)
@@ -707,7 +713,7 @@ def insights(df: pd.DataFrame, space: SpaceInfo | Mapping[str, Any] | str | Path
     out: list[str] = []
     d = scored(df, target)
     n = len(d)
-    b = best_trial(df, space)
+    b = best_trial(df, space, prefer=prefer)
     if b is None:
         out.append(f"No trial reported {space.metric}: nothing to analyse yet "
                    f"({len(df)} trials, {int((df['status'] == 'errored').sum())} errored).")

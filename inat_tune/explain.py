@@ -384,7 +384,7 @@ def explain_model(bm: BestModel, out_dir: str | Path, *, seed: int = 0, num_chan
                       title=f"{head}\nfirst-layer feature maps of one test image: output of {act_name} "
                             + (f"({type(act).__name__} after the first conv)" if act is not conv
                                else "(the first conv; no activation follows it)"),
-                      image_title=f"{Path(files[i]).name}\ntrue: {bm.classes[labels[i]]}")
+                      image_title=f"{_short('/'.join(Path(files[i]).parts[-2:]), 34)}\ntrue: {bm.classes[labels[i]]}")
 
     # (c) guided backprop for channels of the last conv block
     block_name, block = last_conv_block(model)

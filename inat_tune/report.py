@@ -212,9 +212,22 @@ def _fmt_comparison(t: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _kv(d: dict[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame([(k, an.fmt_value(v) if not isinstance(v, str) else v) for k, v in d.items()],
-                        columns=["key", "value"])
+def _kv(d: dict[str, Any], floats=an.fmt_value) -> pd.DataFrame:
+    """A key/value table; ``floats`` formats the float values (metrics: 4 decimals)."""
+    def cell(v: Any) -> str:
+        return v if isinstance(v, str) else floats(v) if isinstance(v, float) else an.fmt_value(v)
+    return pd.DataFrame([(k, cell(v)) for k, v in d.items()], columns=["key", "value"])
+
+
+def _per_class(test: dict[str, Any]) -> pd.DataFrame | None:
+    """evaluate's per-class accuracy (+ F1 and count when present) as a table."""
+    acc = test.get("per_class_accuracy")
+    if not isinstance(acc, dict) or not acc:
+        return None
+    f1, n = test.get("per_class_f1") or {}, test.get("per_class_n") or {}
+    return pd.DataFrame({"class": list(acc), "accuracy": [an.fmt_metric(v) for v in acc.values()],
+                         "F1": [an.fmt_metric(f1.get(c)) for c in acc],
+                         "n": [str(n.get(c, "-")) for c in acc]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +298,8 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
     H = level
     space, df = e.space, e.df
     label = an.metric_label(space)
-    ins = an.insights(df, space, importance=e.importance)
+    tested = (e.test or {}).get("trial_id")
+    ins = an.insights(df, space, importance=e.importance, prefer=tested)
     note = _synthetic_note(e)
     meta = [f"experiment folder: `{e.path}`"]
     if e.sweep.get("data_dir"):
@@ -301,15 +315,13 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
         doc.note(note)
 
     doc.h(H, "Insights")
-    doc.ul(ins + ([f"Test set (held out, evaluated once on the best trial {e.test.get('trial_id', '-')}): "
-                   f"test accuracy {an.fmt_metric(e.test['test_acc'])}."]
-                  if e.test and an._finite(e.test.get("test_acc")) else []))
+    doc.ul(ins + _test_insight(e))
     doc.p(f"Accuracies are each trial's {label} over the epochs it ran; trials stopped early ran "
           "fewer epochs, which lowers their numbers. Correlation strength: weak |rho| < 0.3, "
           "moderate < 0.6, strong otherwise; nothing is claimed from fewer than "
           f"{an.MIN_TRIALS} trials.")
 
-    b = an.best_trial(df, space)
+    b = an.best_trial(df, space, prefer=tested)
     if b is not None:
         doc.h(H, "Best configuration")
         cfg = {c[len(an.CONFIG_PREFIX):]: b[c] for c in df.columns
@@ -320,8 +332,12 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
                        "trial folder": b["path"] or "-"}))
     if e.test:
         doc.h(H, "Test set")
-        doc.table(_kv({k: v for k, v in e.test.items() if not isinstance(v, (dict, list))}),
+        doc.table(_kv({k: v for k, v in e.test.items() if not isinstance(v, (dict, list))},
+                      floats=an.fmt_metric),
                   "From `test_metrics.json` (written by `inat-tune evaluate`):")
+        per_class = _per_class(e.test)
+        if per_class is not None:
+            doc.table(per_class, "Per class on the test set:")
 
     doc.h(H, "Search progress")
     doc.img(figs["created"], f"{label} of each trial in creation order, with the best so far")
@@ -358,6 +374,18 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
     doc.h(H, "All trials")
     doc.table(_fmt_trials(df, space), "In order of creation:")
     return ins
+
+
+def _test_insight(e: _Exp) -> list[str]:
+    """One sentence on the test set, naming the trial evaluate chose and its val score."""
+    if not e.test or not an._finite(e.test.get("test_acc")):
+        return []
+    tid = e.test.get("trial_id")
+    row = e.df[e.df["trial_id"] == tid]
+    val = (f" (best val accuracy {an.fmt_metric(row['best_val_acc'].iloc[0])})"
+           if len(row) and an._finite(row["best_val_acc"].iloc[0]) else "")
+    return [f"Test set (held out, evaluated once by `inat-tune evaluate`) on trial {tid or '-'}{val}: "
+            f"test accuracy {an.fmt_metric(e.test['test_acc'])}."]
 
 
 def _space_method(path: Path) -> str:
