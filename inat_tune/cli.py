@@ -199,14 +199,33 @@ COMMANDS = {"data": cmd_data, "count": cmd_count, "train": cmd_train, "sweep": c
             "bench": cmd_bench, "demo": cmd_demo}
 
 
+# Errors whose message is the whole story (they name the key, file or option): no traceback.
+_USER_ERRORS = {
+    "inat_tune.data.scan": "DatasetError", "inat_tune.data.download": "DownloadError",
+    "inat_tune.tune.space": "SpaceError", "inat_tune.tune.runner": "SweepError",
+    "inat_tune.experiment": "ExperimentError", "inat_tune.models.pretrained": "WeightsError",
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The user-error classes of the modules loaded so far (a module that raised is loaded)."""
+    found = [ConfigError, FileNotFoundError]
+    for module, name in _USER_ERRORS.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .data.scan import DatasetError
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
+    except Exception as e:  # noqa: BLE001 - user errors become one line, the rest a traceback
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"inat-tune {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

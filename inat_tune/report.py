@@ -30,8 +30,13 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5  # learning curves of this many best trials
 # Figures ``inat-tune evaluate`` / ``explain`` leave in the experiment folder, in reading order.
-EVAL_FIGURES = ("prediction_grid.png", "confusion_matrix.png", "filters.png", "feature_maps.png",
-                "guided_backprop.png")
+EVAL_FIGURES = {
+    "prediction_grid.png": "Test images with their true and predicted labels (inat-tune evaluate)",
+    "confusion_matrix.png": "Confusion matrix on the test set (inat-tune evaluate)",
+    "filters.png": "First-layer convolution filters of the best model (inat-tune explain)",
+    "feature_maps.png": "First-layer feature maps of one test image (inat-tune explain)",
+    "guided_backprop.png": "Guided backpropagation of CONV5 neurons (inat-tune explain)",
+}
 FIG_PREFIX = "fig_"  # the report's own figures; any other PNG is shown as evaluate/explain output
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # inat_tune.data.synth writes it into generated datasets
 
@@ -369,7 +374,7 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
     if extra:
         doc.h(H, "Evaluation and explanation")
         for p in extra:
-            doc.img(p, p.stem.replace("_", " "))
+            doc.img(p, EVAL_FIGURES.get(p.name, p.stem.replace("_", " ")))
 
     doc.h(H, "All trials")
     doc.table(_fmt_trials(df, space), "In order of creation:")

@@ -320,3 +320,14 @@ def test_rungs_and_epochs_to_90pct(exp):
     h = hist[hist["trial_id"] == best["trial_id"]]
     assert h.loc[h["epoch"] == e90, "val_acc"].item() >= 0.9 * h["val_acc"].max()
     assert e90 == 1 or h.loc[h["epoch"] == e90 - 1, "val_acc"].item() < 0.9 * h["val_acc"].max()
+
+
+def test_best_trial_ties_go_to_the_evaluated_trial(tmp_path):
+    exp = make_experiment(tmp_path, n=4, stopped=0, errored_empty=0, errored_late=0)
+    df = an.load_results(exp)
+    space = an.read_space(exp)
+    df["best_val_acc"] = 0.5
+    assert an.best_trial(df, space)["trial_id"] == df["trial_id"].iloc[0]  # first created
+    assert an.best_trial(df, space, prefer=df["trial_id"].iloc[2])["trial_id"] == df["trial_id"].iloc[2]
+    df.loc[1, "best_val_acc"] = 0.6  # a preference never overrides a better score
+    assert an.best_trial(df, space, prefer=df["trial_id"].iloc[2])["trial_id"] == df["trial_id"].iloc[1]

@@ -1,0 +1,56 @@
+"""The command-line contract: help, count, data synth/cache, and clean error exits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from inat_tune.cli import get_args_parser, main
+from inat_tune.models.counting import cnn_macs, cnn_param_count
+
+
+def test_every_command_of_the_design_parses():
+    p = get_args_parser()
+    for argv in (["data", "download", "--root", "d"], ["data", "synth", "--out", "d", "--per-class", "3"],
+                 ["data", "cache", "--data", "d", "--image-size", "64"],
+                 ["count", "--filters", "32", "--kernel-size", "3", "--dense", "128", "--image-size", "224",
+                  "--filter-org", "double"],
+                 ["train", "c.yaml", "--data", "d", "--out", "o", "--set", "lr=0.1"],
+                 ["sweep", "s.yaml", "--data", "d", "--name", "n", "--storage", "s3://b/p", "--num-samples", "4",
+                  "--cpus-per-trial", "2", "--gpus-per-trial", "0.25", "--resume", "--no-wandb", "--set", "a=1"],
+                 ["evaluate", "e", "--data", "d"], ["explain", "e"], ["report", "e1", "e2"],
+                 ["bench", "--data", "d", "--image-size", "224"], ["demo", "--out", "o"]):
+        assert p.parse_args(argv).command == argv[0]
+
+
+def test_count_prints_the_formula_values(capsys):
+    assert main(["count", "--filters", "32", "--kernel-size", "3", "--dense", "256", "--image-size", "224"]) == 0
+    out = capsys.readouterr().out
+    params = cnn_param_count([32] * 5, [3] * 5, 256, 224)
+    macs = cnn_macs([32] * 5, [3] * 5, 256, 224)
+    assert f"{params:,}" in out and f"{macs:,}" in out
+
+
+def test_synth_and_cache_commands(tmp_path, capsys):
+    ds = tmp_path / "ds"
+    assert main(["data", "synth", "--out", str(ds), "--per-class", "3", "--val-per-class", "2",
+                 "--image-size", "32"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert main(["data", "cache", "--data", str(ds), "--image-size", "32"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train_images"] == 30 and summary["test_images"] == 20 and summary["skipped"] == 0
+
+
+def test_layout_error_is_one_line_and_exit_2(tmp_path, capsys):
+    rc = main(["data", "cache", "--data", str(tmp_path / "missing"), "--image-size", "32"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_console_script_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "inat_tune.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "sweep" in out.stdout and "evaluate" in out.stdout
