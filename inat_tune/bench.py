@@ -60,6 +60,9 @@ PEAK_BF16_FLOPS: dict[str, float] = {
 }
 _PEAK_VARIANTS: dict[tuple[str, str], float] = {("H100", "PCIE"): 756e12}
 
+# Environment that changes the numbers: shown with the command line when set.
+_ENV_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+
 TARGET_SPEEDUP = 20.0  # cached pipeline images/s over naive, at 64 and 224 px
 TARGET_BUILD_RATIO = 1.2  # cache build seconds over one naive epoch
 TARGET_EPOCH_SHARE = 1 / 3  # TPE+ASHA epochs to random's best, over random's epochs
@@ -89,7 +92,7 @@ class BenchSettings:
     search_trials: int = 12
     search_epochs: int = 6
     search_image_size: int = 32
-    search_per_class: int = 60
+    search_per_class: int = 160  # 1280 training images: 20 steps per epoch at batch 64
 
     @classmethod
     def from_args(cls, args) -> "BenchSettings":
@@ -101,7 +104,7 @@ class BenchSettings:
         """A smoke-test sized run (< 60 s on a 2-core CPU)."""
         return replace(self, quick=True, batch_size=16, photos_per_class=6, naive_max_batches=4,
                        repeats=1, loader_seconds=0.3, train_seconds=0.5, train_steps=(3, 20),
-                       finetune_images=32, search_trials=4, search_epochs=2, search_per_class=12)
+                       finetune_images=32, search_trials=4, search_epochs=2, search_per_class=16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +142,17 @@ def best_of(runs: list[dict[str, Any]], key: str, keep: tuple[str, ...] = ()) ->
             "runs": [{k: r[k] for k in (key, *keep)} for r in runs]}
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus that of its finished (joined) children:
+    the work a measurement cost, whatever share of the cores other programs took meanwhile."""
+    try:
+        import resource
+    except ImportError:  # Windows: this process only
+        return time.process_time()
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -170,17 +184,26 @@ def machine_info() -> dict[str, Any]:
         "device_name": name, "cuda": torch.version.cuda if cuda else None,
         "peak_bf16_tflops": (peak_flops(name) or 0) / 1e12 if cuda else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "env": {k: os.environ[k] for k in _ENV_KEYS if k in os.environ},
     }
+
+
+def busy_machine(machine: dict[str, Any]) -> bool:
+    """Other programs kept more runnable threads than there are cores (1-minute load)."""
+    load = machine.get("load_average")
+    return bool(load) and load[0] > machine["usable_cores"] + 0.5
 
 
 def command_line(s: BenchSettings, search: bool) -> str:
     """The ``inat-tune bench`` command that reproduces these settings."""
-    parts = ["inat-tune", "bench"]
-    if s.data:
-        parts += ["--data", s.data]
-    parts += ["--image-size", str(s.image_size)]
-    if search:
+    parts = [f"{k}={os.environ[k]}" for k in _ENV_KEYS if k in os.environ]
+    parts += ["inat-tune", "bench"]
+    if search:  # its own fixed dataset and image size
         parts.append("--search")
+    else:
+        if s.data:
+            parts += ["--data", s.data]
+        parts += ["--image-size", str(s.image_size)]
     if s.quick:
         parts.append("--quick")
     if s.json_path:
@@ -249,12 +272,12 @@ def bench_naive(root: Path, image_size: int, batch_size: int, device: torch.devi
     loader = naive_loader(root, image_size, batch_size)
     total_batches = len(loader)
     n = total_batches if max_batches is None else min(max_batches, total_batches)
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     it = iter(loader)  # starts the worker processes
     xb, yb = next(it)
     xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
     _sync(device)
-    t_first = time.perf_counter()
+    t_first, first_n, shape = time.perf_counter(), len(yb), list(xb.shape)
     images = 0
     for _ in range(n - 1):
         xb, yb = next(it)
@@ -262,7 +285,8 @@ def bench_naive(root: Path, image_size: int, batch_size: int, device: torch.devi
         images += len(yb)
     _sync(device)
     t_end = time.perf_counter()
-    del it  # stops the workers
+    del it  # stops (joins) the workers, so their CPU time is counted
+    cpu = cpu_seconds() - c0
     first = t_first - t0
     steady = images / (t_end - t_first) if images else None
     full = n == total_batches or steady is None
@@ -271,19 +295,20 @@ def bench_naive(root: Path, image_size: int, batch_size: int, device: torch.devi
     return {"workers": loader.num_workers, "batch_size": batch_size, "batches": n,
             "images_per_s": steady, "first_batch_s": first, "epoch_s": epoch,
             "epoch_measured": full, "epoch_images_per_s": len(loader.dataset) / epoch,
-            "shape": list(xb.shape)}
+            "cpu_ms_per_image": 1e3 * cpu / (images + first_n), "shape": shape}
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. decode cache and the device loader
 
 def bench_cache_build(root: Path, files: tuple[str, ...], image_size: int, cache_dir: Path):
-    """Build the decode cache of ``files`` into the empty ``cache_dir``; (cache, seconds)."""
+    """Build the decode cache of ``files`` into the empty ``cache_dir``;
+    (cache, seconds, CPU-seconds with the worker processes')."""
     from .data.cache import build_cache
 
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     cache = build_cache(root, files, image_size, cache_dir=cache_dir, progress=False)
-    return cache, time.perf_counter() - t0
+    return cache, time.perf_counter() - t0, cpu_seconds() - c0
 
 
 def bench_device_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, min_seconds: float,
@@ -296,7 +321,7 @@ def bench_device_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, min_s
     it = iter(loader)
     next(it)  # warm-up batch
     _sync(device)
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     images, epochs = 0, 0
     while True:
         for xb, yb in it:
@@ -308,7 +333,9 @@ def bench_device_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, min_s
         loader.set_epoch(epochs)
         it = iter(loader)
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0
     return {"images_per_s": images / seconds, "images": images, "seconds": seconds,
+            "cpu_ms_per_image": 1e3 * cpu / images,
             "shape": [batch_size, *x.shape[1:]]}
 
 
@@ -588,35 +615,37 @@ def epochs_to_reach(running_best: list[float], target: float) -> int | None:
 
 
 def bench_search(s: BenchSettings) -> dict[str, Any]:
+    """Run both sweeps through ``run_sweep`` and compare epochs, seconds and best val_acc."""
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError as e:
         return {"skipped": f"ray is not importable ({e})"}
     from .tune.runner import SweepOptions, run_sweep
     from .tune.space import load_space
 
     data = synthetic_set(s.search_per_class, 40)  # drawn at ~40 px, trained at 32
-    storage = Path(tempfile.mkdtemp(prefix="search-", dir=bench_root()))
+    spaces = search_spaces(s.search_trials, s.search_epochs, s.search_image_size)
     out: dict[str, Any] = {"data": str(data), "trials": s.search_trials,
                            "epochs_per_trial": s.search_epochs, "image_size": s.search_image_size,
-                           "storage": str(storage)}
-    spaces = search_spaces(s.search_trials, s.search_epochs, s.search_image_size)
-    out["spaces"] = spaces
+                           "spaces": spaces}
+    storage = Path(tempfile.mkdtemp(prefix="search-", dir=bench_root()))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for key, raw in spaces.items():
-        spec = load_space(raw)
-        opts = SweepOptions(space_path=f"<bench:{key}>", data_dir=str(data), name=f"{key}-{stamp}",
-                            storage=str(storage), num_samples=s.search_trials, cpus_per_trial=1.0,
-                            use_wandb=False, seed=0)
-        print(f"[bench] sweep {key}: {s.search_trials} trials x {s.search_epochs} epochs", flush=True)
-        t0 = time.perf_counter()
-        run_sweep(opts, spec)
-        out[key] = summarize_sweep(read_trial_results(Path(opts.experiment_path)),
-                                   time.perf_counter() - t0)
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+    try:
+        for key, raw in spaces.items():
+            opts = SweepOptions(space_path=f"<bench:{key}>", data_dir=str(data),
+                                name=f"{key}-{stamp}", storage=str(storage),
+                                num_samples=s.search_trials, cpus_per_trial=1.0, use_wandb=False,
+                                seed=0)
+            print(f"[bench] sweep {key}: {s.search_trials} trials x {s.search_epochs} epochs",
+                  flush=True)
+            t0 = time.perf_counter()
+            run_sweep(opts, load_space(raw))
+            out[key] = summarize_sweep(read_trial_results(Path(opts.experiment_path)),
+                                       time.perf_counter() - t0)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)  # trial folders and checkpoints: read already
     tpe, rnd = out["tpe_asha"], out["random"]
     target = rnd["best_val_acc"]
     reach = epochs_to_reach(tpe["running_best"], target) if target is not None else None
@@ -625,6 +654,7 @@ def bench_search(s: BenchSettings) -> dict[str, Any]:
         "tpe_asha_epochs": tpe["epochs"], "random_epochs": rnd["epochs"],
         "epoch_share": _ratio(tpe["epochs"], rnd["epochs"]),
         "trial_seconds_share": _ratio(tpe["trial_seconds"], rnd["trial_seconds"]),
+        "wall_share": _ratio(tpe["wall_s"], rnd["wall_s"]),
         "tpe_asha_epochs_to_random_best": reach,
         "random_epochs_to_its_best": epochs_to_reach(rnd["running_best"], target) if target else None,
         "met": reach is not None and reach <= TARGET_EPOCH_SHARE * rnd["epochs"],
@@ -668,16 +698,19 @@ def run_throughput(s: BenchSettings) -> dict[str, Any]:
         sections.start("naive")
         naive = best_of([bench_naive(images.root, s.image_size, s.batch_size, device,
                                      s.naive_max_batches) for _ in range(s.repeats)],
-                        "images_per_s", keep=("epoch_s", "first_batch_s"))
+                        "images_per_s", keep=("epoch_s", "first_batch_s", "cpu_ms_per_image"))
         naive["epoch_s"] = min(r["epoch_s"] for r in naive["runs"])
+        naive["cpu_ms_per_image"] = min(r["cpu_ms_per_image"] for r in naive["runs"])
         out["naive"] = naive
 
         sections.start("cached")
-        builds = []
+        builds, build_cpu = [], []
         for i in range(s.repeats):  # a fresh cache folder each time: really built
             cache_dir = work / f"cache{i}"
-            cache, seconds = bench_cache_build(images.root, images.train, s.image_size, cache_dir)
+            cache, seconds, cpu = bench_cache_build(images.root, images.train, s.image_size,
+                                                    cache_dir)
             builds.append(seconds)
+            build_cpu.append(cpu)
         build_s = min(builds)
         ok = cache.ok
         t0 = time.perf_counter()
@@ -685,13 +718,16 @@ def run_throughput(s: BenchSettings) -> dict[str, Any]:
         _sync(device)
         to_device_s = time.perf_counter() - t0
         dl = best_of([bench_device_loader(x, y, s.batch_size, s.loader_seconds, device)
-                      for _ in range(s.repeats)], "images_per_s")
+                      for _ in range(s.repeats)], "images_per_s", keep=("cpu_ms_per_image",))
+        dl["cpu_ms_per_image"] = min(r["cpu_ms_per_image"] for r in dl["runs"])
         out["cached"] = {
             "build_s": build_s, "build_runs_s": builds,
             "build_images_per_s": len(cache.files) / build_s,
+            "build_cpu_ms_per_image": 1e3 * min(build_cpu) / len(cache.files),
             "build_over_naive_epoch": build_s / naive["epoch_s"], "to_device_s": to_device_s,
             "cache_mb": cache.images.nbytes / 2**20, "skipped": len(cache.skipped), **dl,
             "speedup_over_naive": _ratio(dl["images_per_s"], naive["images_per_s"]),
+            "cpu_speedup_over_naive": _ratio(naive["cpu_ms_per_image"], dl["cpu_ms_per_image"]),
         }
 
         sections.start("train")
@@ -767,11 +803,16 @@ def _spread(values: list[float], unit: str = "") -> str:
 
 def format_table(res: dict[str, Any]) -> str:
     m = res["machine"]
-    mode = "best of each measurement's repeats; " if res.get("settings", {}).get("repeats", 1) > 1 else ""
+    mode = ("best of each measurement's repeats; "
+            if res.get("settings", {}).get("repeats", 1) > 1 and "search" not in res else "")
     lines = [f"command : {res['command']}", f"date    : {res['date']}  ({mode}see JSON for all runs)",
              f"machine : {m['cpu']}, {m['usable_cores']} cores, torch {m['torch']}, "
              f"torchvision {m['torchvision']}, device {m['device_name']}, "
              f"load average {_f(m['load_average'][0] if m['load_average'] else None)}"]
+    if busy_machine(m):
+        lines.append(f"WARNING : the machine was busy (load average {m['load_average'][0]:.1f} on "
+                     f"{m['usable_cores']} cores): every figure is a lower bound, and torch's "
+                     "intra-op threads suffer most (OMP_WAIT_POLICY=PASSIVE limits that)")
     rows: list[tuple[str, str, str]] = []
 
     def add(section: str, what: str, value: str) -> None:
@@ -787,12 +828,16 @@ def format_table(res: dict[str, Any]) -> str:
             _f(n["images_per_s"]) + _spread([r["images_per_s"] for r in n["runs"]]))
         add("naive", "one epoch" + ("" if n["epoch_measured"] else " (extrapolated)"),
             _f(n["epoch_s"], " s") + _spread([r["epoch_s"] for r in n["runs"]], " s"))
+        add("naive", "CPU ms per image (workers included)", _f(n["cpu_ms_per_image"]))
         add("naive", "workers / batch", f"{n['workers']} / {n['batch_size']}")
         add("cached", "cache build (once)", _f(c["build_s"], " s") + _spread(c["build_runs_s"], " s"))
         add("cached", "build / naive epoch", _f(c["build_over_naive_epoch"], "x"))
+        add("cached", "build CPU ms per image", _f(c["build_cpu_ms_per_image"]))
         add("cached", "device loader images/s (augmented)",
             _f(c["images_per_s"]) + _spread([r["images_per_s"] for r in c["runs"]]))
-        add("cached", "speed-up over naive", _f(c["speedup_over_naive"], "x"))
+        add("cached", "device loader CPU ms per image", _f(c["cpu_ms_per_image"]))
+        add("cached", "speed-up over naive (images/s)", _f(c["speedup_over_naive"], "x"))
+        add("cached", "speed-up over naive (CPU time per image)", _f(c["cpu_speedup_over_naive"], "x"))
     for v in res.get("train", {}).get("variants", []):
         frac = v["peak_fraction"]
         add("train", f"scratch CNN {v['name']} images/s", f"{_f(v['images_per_s'])}  "
@@ -826,8 +871,9 @@ def format_table(res: dict[str, Any]) -> str:
         else:
             for k in ("tpe_asha", "random"):
                 r = sr[k]
-                add("search", f"{k}: epochs / trial-seconds / best val_acc",
-                    f"{r['epochs']} / {_f(r['trial_seconds'], ' s')} / {_f(r['best_val_acc'])}")
+                add("search", f"{k}: epochs / trial-seconds / sweep wall / best val_acc",
+                    f"{r['epochs']} / {_f(r['trial_seconds'], ' s')} / {_f(r['wall_s'], ' s')} / "
+                    f"{_f(r['best_val_acc'])}")
             c = sr["comparison"]
             add("search", "TPE+ASHA epochs to random's best",
                 f"{_f(c['tpe_asha_epochs_to_random_best'])} of random's {c['random_epochs']}")

@@ -205,7 +205,8 @@ def plot_prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarr
     """
     n_cls = len(classes)
     chosen = choose_per_class(labels, n_cls, per_class, seed)
-    cell_w, cell_h, top_in = 3.5, 1.95, 0.55  # inches: one (image, bars) cell; the title band
+    cell_w, cell_h = 3.5, 1.95  # inches: one (image, bars) cell
+    top_in = 0.35 + 0.22 * (title.count("\n") + 1) if title else 0.2  # the title band
     height = cell_h * n_cls + top_in
     fig = _figure(cell_w * per_class + 0.2, height)
     outer = fig.add_gridspec(n_cls, per_class, left=0.015, right=0.985, bottom=0.1 / height,
@@ -236,7 +237,7 @@ def _draw_prediction(ax_img, ax_bar, image: np.ndarray, true: int, p: np.ndarray
     for s in ax_img.spines.values():
         s.set_edgecolor(colour)
         s.set_linewidth(4)
-    ax_img.set_title(f"true: {_short(classes[true], 14)}\npred: {_short(classes[pred], 14)} "
+    ax_img.set_title(f"true: {_short(classes[true], 24)}\npred: {_short(classes[pred], 24)} "
                      f"({p[pred]:.0%})", fontsize=8.5, color=colour, loc="left", pad=3)
     top = np.argsort(-p)[:3]
     y = np.arange(len(top))[::-1]  # the most probable on top
@@ -244,7 +245,7 @@ def _draw_prediction(ax_img, ax_bar, image: np.ndarray, true: int, p: np.ndarray
     # light bars with the label on top of them at a fixed place: readable at any length
     ax_bar.barh(y, p[top], color=bar_colours, height=0.62, alpha=0.5)
     for yy, k in zip(y, top):
-        ax_bar.text(0.03, yy, f"{_short(classes[k], 13)} {p[k]:.0%}", va="center", ha="left",
+        ax_bar.text(0.03, yy, f"{_short(classes[k], 16)} {p[k]:.0%}", va="center", ha="left",
                     fontsize=7.5, color="black")
     ax_bar.set_xlim(0, 1)
     ax_bar.set_ylim(-0.5, 2.5)
@@ -254,7 +255,6 @@ def _draw_prediction(ax_img, ax_bar, image: np.ndarray, true: int, p: np.ndarray
         ax_bar.spines[s].set_visible(False)
     for s in ("left", "bottom"):
         ax_bar.spines[s].set_color("#bbbbbb")
-    ax_bar.set_title("top-3 probabilities", fontsize=7, color="#555555", pad=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,8 +283,9 @@ def evaluate_experiment(path: str | Path, data: str | Path | None = None, use_wa
                           title=f"{head} on the test set: accuracy {metrics['test_acc']:.3f} "
                                 f"(n={metrics['n_test']})")
     plot_prediction_grid(bm.test.images, y, probs, bm.classes, files["prediction_grid"], seed=seed,
-                         title=f"{head}: test predictions (green = right, red = wrong; "
-                               f"{metrics['test_acc']:.1%} of all {metrics['n_test']} right)")
+                         title=f"{head}: test predictions, 3 per class (green = right, red = wrong; "
+                               f"bars: top-3 probabilities)\n{metrics['test_acc']:.1%} of all "
+                               f"{metrics['n_test']} test images are right")
     result = {
         "experiment": exp.name,
         "experiment_path": str(exp.path),

@@ -120,7 +120,9 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def best_trial(exp: Experiment, *, include_unfinished: bool = False) -> BestTrial:
-    """The finished trial whose best epoch has the best ``exp.metric``, and that epoch's checkpoint.
+    """The finished trial whose best epoch has the best ``exp.metric``, and that epoch's checkpoint
+    (of tied epochs, the first one whose checkpoint was kept; if none was kept, the kept
+    checkpoint with the best recorded metric, with a warning).
 
     Chosen on the validation split the sweep optimised (space.yaml's metric), never on test
     data. Unfinished trials (interrupted sweeps) count only with ``include_unfinished``;
@@ -274,13 +276,18 @@ def _best_checkpoint(exp: Experiment, trial: Trial, row: dict[str, Any]) -> Best
         raise ExperimentError(f"trial {trial.trial_id} ({trial.path}) has the best {exp.metric} but no "
                               f"checkpoint (no checkpoint_*/{CHECKPOINT_NAME}); it cannot be evaluated")
     value = float(row[exp.metric])
-    ckpt = trial_checkpoint(trial, row)
-    if ckpt is not None:
+    # Epochs that tie with the best value are equally good: take the first one whose checkpoint
+    # was kept (Ray's num_to_keep may keep only the later of two equal scores).
+    ties = [r for r in trial.results if _finite(r.get(exp.metric)) and float(r[exp.metric]) == value]
+    for r in ties or [row]:
+        ckpt = trial_checkpoint(trial, r)
+        if ckpt is None:
+            continue
         epoch, _ = _saved(ckpt, exp.metric)
-        if epoch is None or row.get("epoch") is None or epoch == row["epoch"]:
-            return BestTrial(trial, ckpt, epoch if epoch is not None else row.get("epoch"), value, row)
+        if epoch is None or r.get("epoch") is None or epoch == r["epoch"]:
+            return BestTrial(trial, ckpt, epoch if epoch is not None else r.get("epoch"), value, r)
         log.warning("trial %s: %s holds epoch %s, but its result row is epoch %s; searching the "
-                    "trial's checkpoints", trial.trial_id, ckpt.parent.name, epoch, row["epoch"])
+                    "trial's checkpoints", trial.trial_id, ckpt.parent.name, epoch, r["epoch"])
     # The best epoch's checkpoint was not kept (or does not match): take the kept checkpoint
     # of that epoch if any, else the one with the best metric it recorded itself.
     sign = 1.0 if exp.mode == "max" else -1.0
@@ -290,8 +297,9 @@ def _best_checkpoint(exp: Experiment, trial: Trial, row: dict[str, Any]) -> Best
         epoch, v = _saved(p, exp.metric)
         if v is None and _finite(by_epoch.get(epoch, {}).get(exp.metric)):
             v = float(by_epoch[epoch][exp.metric])
-        if epoch is not None and epoch == row.get("epoch"):
-            return BestTrial(trial, p, epoch, value, row)
+        tied = next((r for r in ties if epoch is not None and r.get("epoch") == epoch), None)
+        if tied is not None:
+            return BestTrial(trial, p, epoch, value, tied)
         if v is not None:
             saved.append((sign * v, -_checkpoint_index(p.parent.name), p, epoch, v))
     if not saved:

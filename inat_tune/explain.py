@@ -18,10 +18,11 @@ they pass a ReLU (grad_in = max(grad_out, 0) * [x > 0]). Captum implements it by
 get the *plain* input gradient from Captum, silently. Here Captum's own hook (which replaces
 an activation's input gradient by its positive part) is attached to every elementwise
 activation module (:data:`GUIDED_ACTIVATIONS`). For ReLU this is exactly Captum's
-GuidedBackprop; for monotone activations (LeakyReLU, ELU, SELU, Tanh, ReLU6) it is
+GuidedBackprop; for monotone activations (LeakyReLU, ELU, SELU, Tanh) it is
 f'(x) * max(grad_out, 0), the guided rule with the activation's own slope; for the
 non-monotone GELU / SiLU / Mish it is max(f'(x) * grad_out, 0), so only signals that would
-increase the neuron pass, as the method intends. The figure title says which activations the
+increase the neuron pass, as the method intends. ReLU6 (MobileNetV2) gets the ReLU rule, as
+the ReLU it caps (see :func:`guided_backprop`). The figure title says which activations the
 rule was applied to.
 """
 
@@ -97,7 +98,8 @@ def last_conv_block(model: nn.Module) -> tuple[str, nn.Module]:
         return f"blocks.{len(blocks) - 1}", blocks[-1]
     stages = getattr(model, "stages", None) or getattr(model, "stage_names", None)
     if stages:
-        found = [(n, m) for n, m in (_stage_module(model, s) for s in stages) if m is not None and _has_conv(m)]
+        found = [(n, m) for n, m in map(lambda st: _stage_module(model, st), stages)
+                 if m is not None and _has_conv(m)]
         if found:
             return found[-1]
     prefix, node = "", model
@@ -178,14 +180,35 @@ class ChannelMax(nn.Module):
         return out.float().amax(dim=(2, 3))
 
 
+class _ReLU6AsReLU(torch.autograd.Function):
+    """ReLU6's forward values with the guided ReLU rule backward: max(grad, 0) * [x > 0]."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(0.0, 6.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (x > 0)
+
+
 def guided_backprop(model: nn.Module) -> Any:
     """Captum's GuidedBackprop with its ReLU hook attached to every activation module in
-    :data:`GUIDED_ACTIVATIONS` (identical to Captum's for ReLU-only networks)."""
+    :data:`GUIDED_ACTIVATIONS` (identical to Captum's for ReLU-only networks).
+
+    ReLU6 (MobileNetV2) is explained as the ReLU it caps: its gradient is 0 above 6, so the
+    most excited neurons, saturated at 6, would get an empty pattern; its backward pass here
+    is the ReLU rule (forward values unchanged)."""
     from captum._utils.common import _register_backward_hook
     from captum.attr import GuidedBackprop
 
     class _GuidedBackprop(GuidedBackprop):
         def _register_hooks(self, module: nn.Module) -> None:
+            if isinstance(module, nn.ReLU6):
+                self.backward_hooks.append(module.register_forward_hook(
+                    lambda m, inp, out: _ReLU6AsReLU.apply(inp[0])))
             if isinstance(module, GUIDED_ACTIVATIONS):
                 self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
 
@@ -278,6 +301,9 @@ def plot_feature_maps(image: np.ndarray, maps: torch.Tensor, path: str | Path, t
             a.axis("off")
             continue
         a.imshow(m[i], cmap="viridis", interpolation="nearest")
+        if m[i].max() == m[i].min():  # a dead (or constant) map: say so, it is not a glitch
+            a.text(0.5, 0.5, f"all {m[i].max():.3g}", transform=a.transAxes, fontsize=7,
+                   color="white", ha="center", va="center")
         a.text(0.03, 0.97, str(i), transform=a.transAxes, fontsize=6.5, color="white", va="top",
                ha="left")
     fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
@@ -298,7 +324,8 @@ def plot_guided_backprop(images: np.ndarray, patterns: Sequence[np.ndarray], lab
     """One row per neuron: the image that excites it most and its guided-backprop pattern,
     side by side. Returns (rows, 1): rows of (image, pattern) pairs."""
     rows = len(patterns)
-    side, label_h, top_in = 1.9, 0.42, 1.0  # inches: one picture, its caption band, the title band
+    side, label_h = 1.9, 0.42  # inches: one picture, its caption band
+    top_in = 0.25 + 0.16 * (title.count("\n") + 1)  # the title band grows with its lines
     height = (side + label_h) * rows + top_in
     fig = _figure(2 * side + 0.5, height)
     gs = fig.add_gridspec(rows, 2, left=0.04, right=0.96, bottom=0.05 / height, top=1 - top_in / height,
@@ -325,8 +352,8 @@ def _as_float(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    shape = (1, -1, 1, 1)
-    return (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(std, device=x.device).view(shape)
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / torch.tensor(std, device=x.device).view(1, -1, 1, 1)
 
 
 @torch.no_grad()
@@ -347,67 +374,85 @@ def choose_channels(maxima: torch.Tensor, k: int, seed: int) -> list[int]:
     return sorted(int(c) for c in pick)
 
 
-def explain_model(bm: BestModel, out_dir: str | Path, *, seed: int = 0, num_channels: int = 10,
-                  sample_size: int = 200) -> dict[str, FigureInfo]:
-    """Write the three figures for ``bm``'s model into ``out_dir``; returns each one's path and
-    grid shape. The model is put in eval mode, without in-place activations or parameter
-    gradients."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model, dev = bm.model.eval(), bm.device
-    _without_inplace(model)
-    for p in model.parameters():
-        p.requires_grad_(False)  # gradients are needed w.r.t. the input only
-    images, labels, files = bm.test.images, np.asarray(bm.test.labels), bm.test.files
-    rng = np.random.default_rng(seed)
-    head = f"{bm.experiment.name}: trial {bm.best.trial.trial_id} ({bm.config.model})"
-    paths = {k: out / v for k, v in FIGURES.items()}
+def _file_label(name: str) -> str:
+    return _short("/".join(Path(name).parts[-2:]), 34)  # class folder / file name
 
+
+def _figure_filters(model: nn.Module, path: Path, head: str) -> tuple[int, int]:
     conv = first_conv(model)
     k = conv.kernel_size
-    grids = {}
-    grids["filters"] = plot_filters(conv.weight, paths["filters"],
-                 title=f"{head}\nfirst-layer filters: {conv.out_channels} x {k[0]}x{k[1]}x{conv.in_channels}")
+    return plot_filters(conv.weight, path, title=f"{head}\nfirst-layer filters: "
+                                                 f"{conv.out_channels} x {k[0]}x{k[1]}x{conv.in_channels}")
 
-    # (b) first-layer feature maps of one seeded test image
-    i = int(rng.integers(len(labels)))
+
+def _figure_feature_maps(bm: BestModel, model: nn.Module, i: int, path: Path, head: str) -> tuple[int, int]:
+    """Feature maps of test image ``i`` at the first layer's activation (a forward hook)."""
+    conv = first_conv(model)
     act_name, act = first_activation(model)
-    x = _as_float(images[i:i + 1], dev)
     captured: list[torch.Tensor] = []
     handle = act.register_forward_hook(lambda m, inp, o: captured.append(o.detach()))
     try:
         with torch.no_grad():
-            model(_normalise(x, bm.mean, bm.std))  # the hook keeps the maps
+            model(_normalise(_as_float(bm.test.images[i:i + 1], bm.device), bm.mean, bm.std))
     finally:
         handle.remove()
-    grids["feature_maps"] = plot_feature_maps(images[i], captured[0][0], paths["feature_maps"],
-                      title=f"{head}\nfirst-layer feature maps of one test image: output of {act_name} "
-                            + (f"({type(act).__name__} after the first conv)" if act is not conv
-                               else "(the first conv; no activation follows it)"),
-                      image_title=f"{_short('/'.join(Path(files[i]).parts[-2:]), 34)}\ntrue: {bm.classes[labels[i]]}")
+    what = f"{type(act).__name__} after the first conv" if act is not conv \
+        else "the first conv; no activation follows it"
+    return plot_feature_maps(
+        bm.test.images[i], captured[0][0], path,
+        title=f"{head}\nfirst-layer feature maps of one test image: output of {act_name} ({what}); "
+              "each map on its own colour scale",
+        image_title=f"{_file_label(bm.test.files[i])}\ntrue: {bm.classes[int(bm.test.labels[i])]}")
 
-    # (c) guided backprop for channels of the last conv block
+
+def _figure_guided(bm: BestModel, model: nn.Module, sample: np.ndarray, num_channels: int, seed: int,
+                   path: Path, head: str) -> tuple[int, int]:
+    """For ``num_channels`` channels of the last conv block: the sampled test image that
+    excites the channel most, and the guided-backprop pattern of that maximum."""
     block_name, block = last_conv_block(model)
-    net = ChannelMax(model, block, bm.mean, bm.std).to(dev).eval()
-    sample = np.sort(rng.choice(len(labels), size=min(sample_size, len(labels)), replace=False))
-    xs = _as_float(images[sample], dev)
+    net = ChannelMax(model, block, bm.mean, bm.std).to(bm.device).eval()
+    xs = _as_float(bm.test.images[sample], bm.device)
     maxima = channel_maxima(net, xs)
-    channels = choose_channels(maxima, num_channels, seed)
-    rows_img, patterns, row_labels = [], [], []
-    for c in channels:
+    images, patterns, labels = [], [], []
+    for c in choose_channels(maxima, num_channels, seed):
         j = int(maxima[:, c].argmax())
-        attr = guided_attribution(net, xs[j:j + 1], c)[0]
-        idx = int(sample[j])
-        rows_img.append(images[idx])
-        patterns.append(pattern_image(attr))
-        row_labels.append(f"channel {c} (max activation {float(maxima[j, c]):.2f})\n"
-                          f"{_short('/'.join(Path(files[idx]).parts[-2:]), 34)}")
+        patterns.append(pattern_image(guided_attribution(net, xs[j:j + 1], c)[0]))
+        images.append(bm.test.images[sample[j]])
+        labels.append(f"channel {c} (max activation {float(maxima[j, c]):.2f})\n"
+                      f"{_file_label(bm.test.files[sample[j]])}")
     acts = activation_names(model, upto=block)
-    grids["guided_backprop"] = plot_guided_backprop(np.stack(rows_img), patterns, row_labels, paths["guided_backprop"],
-                         title=f"{head}\nguided backprop, {len(channels)} of {maxima.shape[1]} channels of "
-                               f"{block_name};\neach with the most exciting of {len(sample)} test images\n"
-                               f"guided rule at: {', '.join(acts) or 'no activation module'}"
-                               f"{'' if acts == ['ReLU'] else chr(10) + '(the ReLU rule, generalised: see explain.py)'}")
+    rule = f"guided rule at: {', '.join(acts) or 'no activation module'}"
+    if acts != ["ReLU"]:
+        rule += "\n(the ReLU rule, generalised: see inat_tune/explain.py)"
+    return plot_guided_backprop(
+        np.stack(images), patterns, labels, path,
+        title=f"{head}\nguided backprop, {len(patterns)} of {maxima.shape[1]} channels of {block_name};\n"
+              f"each with the most exciting of {len(sample)} test images\n{rule}")
+
+
+def explain_model(bm: BestModel, out_dir: str | Path, *, seed: int = 0, num_channels: int = 10,
+                  sample_size: int = 200) -> dict[str, FigureInfo]:
+    """Write the three figures for ``bm``'s model into ``out_dir``; returns each one's path and
+    grid shape. The model is put in eval mode, without in-place activations or parameter
+    gradients. The feature-map image and the guided-backprop sample are seeded draws."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = bm.model.eval()
+    _without_inplace(model)
+    for p in model.parameters():
+        p.requires_grad_(False)  # gradients are needed w.r.t. the input only
+    n = len(bm.test.labels)
+    rng = np.random.default_rng(seed)
+    image = int(rng.integers(n))
+    sample = np.sort(rng.choice(n, size=min(sample_size, n), replace=False))
+    head = f"{bm.experiment.name}: trial {bm.best.trial.trial_id} ({bm.config.model})"
+    paths = {k: out / v for k, v in FIGURES.items()}
+    grids = {
+        "filters": _figure_filters(model, paths["filters"], head),
+        "feature_maps": _figure_feature_maps(bm, model, image, paths["feature_maps"], head),
+        "guided_backprop": _figure_guided(bm, model, sample, num_channels, seed,
+                                          paths["guided_backprop"], head),
+    }
     return {k: FigureInfo(paths[k], grids[k]) for k in FIGURES}
 
 

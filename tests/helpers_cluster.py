@@ -90,9 +90,10 @@ def is_finished(trial: Path) -> bool:
 
 
 def snapshot(exp: Path) -> dict[str, dict]:
-    """trial id -> {status, epoch, checkpoint} from Tune's newest experiment state: what the
-    driver had recorded (it saves this every >= 10 s and at the end), i.e. what ``--resume``
-    starts from: ``checkpoint`` is the folder name of the trial's latest recorded checkpoint."""
+    """trial id -> {status, epoch, checkpoint, kept} from Tune's newest saved experiment state:
+    what the driver had recorded, i.e. what ``--resume`` starts from. ``checkpoint`` is the
+    folder of the trial's latest recorded checkpoint (the one a resumed trial continues from),
+    ``kept`` every checkpoint folder the recorded checkpoint manager still counts on."""
     files = sorted(exp.glob("experiment_state-*.json"))
     if not files:
         return {}
@@ -104,9 +105,23 @@ def snapshot(exp: Path) -> dict[str, dict]:
     for trial_json, runtime_json in state["trial_data"]:
         t, run = json.loads(trial_json), json.loads(runtime_json)
         last = run.get("last_result") or {}
+        latest = last.get("checkpoint_dir_name")
         out[t["trial_id"]] = {"status": t["status"], "epoch": last.get("epoch", 0),
-                              "checkpoint": last.get("checkpoint_dir_name")}
+                              "checkpoint": latest, "kept": _kept(run) or ({latest} if latest else set())}
     return out
+
+
+def _kept(run: dict) -> set[str] | None:
+    """Checkpoint folders named by a trial's pickled checkpoint manager (Ray's own format:
+    ``{"_type": "CLOUDPICKLE_FALLBACK", "value": hex}``); None if it cannot be read."""
+    import pickle
+
+    try:
+        manager = pickle.loads(bytes.fromhex(run["checkpoint_manager"]["value"]))  # noqa: S301
+        results = [*manager._checkpoint_results, manager._latest_checkpoint_result]
+        return {Path(r.checkpoint.path).name for r in results if r is not None}
+    except Exception:  # noqa: BLE001 - another Ray version: fall back to the latest only
+        return None
 
 
 def statuses(exp: Path) -> dict[str, str]:
@@ -187,25 +202,28 @@ def kill_group(proc: subprocess.Popen | None, sig: int = signal.SIGKILL) -> None
 
 
 def processes_mentioning(marker: str) -> list[int]:
-    """Pids of live processes whose command line contains ``marker`` (a folder of this test).
-    Reads /proc (Linux); zombies have an empty command line and are not listed."""
-    me = os.getpid()
+    """Pids of live processes whose command line or environment contains ``marker`` (a folder
+    of this test, e.g. the RAY_TMPDIR it gave a Ray instance: Ray's workers rename themselves
+    ``ray::IDLE`` etc., but keep the environment they inherited). Reads /proc (Linux); zombies
+    have neither and are not listed."""
+    me, needle = os.getpid(), marker.encode()
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == me:
             continue
-        try:
-            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # exited meanwhile
-            continue
-        if marker in cmdline:
-            pids.append(int(d.name))
+        for part in ("cmdline", "environ"):
+            try:
+                if needle in (d / part).read_bytes():
+                    pids.append(int(d.name))
+                    break
+            except OSError:  # exited meanwhile, or not ours to read
+                continue
     return pids
 
 
 def kill_processes_mentioning(marker: str, timeout: float = 20) -> list[int]:
-    """SIGKILL, one by one by pid, the processes whose command line names ``marker`` (the
-    RAY_TMPDIR of the Ray instance this test started); returns the pids that were found."""
+    """SIGKILL, one by one by pid, the processes that ``processes_mentioning(marker)`` finds (the
+    RAY_TMPDIR of the Ray instance this test started); returns their pids."""
     pids = processes_mentioning(marker)
     for pid in pids:
         try:

@@ -176,7 +176,7 @@ def _build_in_process(args):
 
 
 def test_two_concurrent_builders_build_once(tmp_path):
-    root = _tiny_layout(tmp_path / "ds", n_train=150)  # 300 files: the parallel decode path
+    root = _tiny_layout(tmp_path / "ds", n_train=150)
     files = scan_dataset(root).train
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
         out = list(pool.map(_build_in_process, [(root, files, tmp_path / "c")] * 2))

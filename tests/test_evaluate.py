@@ -162,16 +162,25 @@ def test_best_trial_is_chosen_by_validation_even_when_another_is_better_on_test(
     validation accuracy: evaluate must report B, with B's best-epoch checkpoint."""
     exp_src, ds_src = sweep
     exp_dir = tmp_path / "exp"
-    shutil.copytree(exp_src, exp_dir, ignore=shutil.ignore_patterns("wandb", "*.png", "*.csv", "test_metrics.json"))
+    shutil.copytree(exp_src, exp_dir,
+                    ignore=shutil.ignore_patterns("wandb", "*.png", "*.csv", "test_metrics.json"))
     ds = tmp_path / "ds"
     shutil.copytree(ds_src, ds)
     for cls_dir in sorted((ds / "val").iterdir())[1:]:
         for f in sorted(cls_dir.iterdir())[1:]:
             f.unlink()
-    exp = load_experiment(exp_dir)
-    a, b = exp.trials
+    a, b = load_experiment(exp_dir).trials
     for trial, cls in ((a, 0), (b, 1)):
-        for ckpt in trial.checkpoints:
+        # Ray keeps a trial's best and latest checkpoints only: give every epoch its own, as
+        # a sweep with a larger num_to_keep would leave them
+        kept = trial.checkpoints[-1]
+        for row in _results(trial.path):
+            ckpt = trial.path / f"checkpoint_{row['training_iteration'] - 1:06d}" / "checkpoint.pt"
+            if not ckpt.is_file():
+                payload = torch.load(kept, weights_only=False)
+                payload["epoch"] = row["epoch"]
+                ckpt.parent.mkdir()
+                torch.save(payload, ckpt)
             _constant_predictor(ckpt, cls)
 
     def set_val(trial, values):
@@ -329,7 +338,8 @@ def test_missing_checkpoint_of_a_hand_made_trial_names_it(tmp_path):
 
 def test_a_test_metric_cannot_choose(tmp_path):
     with pytest.raises(ExperimentError, match="test metric"):
-        load_experiment(make_experiment(tmp_path / "e", {"aaa": {"val": [0.5]}}, metric=("test_acc", "maximize")))
+        load_experiment(make_experiment(tmp_path / "e", {"aaa": {"val": [0.5]}},
+                                        metric=("test_acc", "maximize")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,3 +366,11 @@ def test_prediction_grid_shape_and_size(tmp_path):
     assert plot_prediction_grid(images, labels, probs, classes, tmp_path / "g.png") == (10, 3)
     w, h = Image.open(tmp_path / "g.png").size
     assert 800 <= w <= 1400 and 1.3 * w < h < 2.5 * w
+
+
+def test_a_tied_best_epoch_whose_checkpoint_was_kept_is_used_quietly(tmp_path, caplog):
+    # epochs 2 and 4 tie; Ray kept only the later one's checkpoint
+    exp = load_experiment(make_experiment(tmp_path / "e", {"aaa": {"val": [0.5, 0.8, 0.6, 0.8], "keep": [3]}}))
+    best = best_trial(exp)
+    assert (best.epoch, best.value, best.checkpoint.parent.name) == (4, 0.8, "checkpoint_000003")
+    assert "not kept" not in caplog.text

@@ -262,10 +262,44 @@ def test_explain_model_on_a_finetuned_resnet(tmp_path):
     labels = np.repeat(np.arange(10), 2)
     test = SimpleNamespace(images=rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8), labels=labels,
                            files=tuple(f"val/c{c}/{i}.jpg" for i, c in enumerate(labels)))
-    bm = SimpleNamespace(model=model, device=torch.device("cpu"), test=test, classes=tuple(f"c{i}" for i in range(10)),
-                         mean=model.mean, std=model.std, config=SimpleNamespace(model="finetune"),
-                         experiment=SimpleNamespace(name="ft"), best=SimpleNamespace(trial=SimpleNamespace(trial_id="t1")))
+    bm = SimpleNamespace(  # what explain_model reads of a BestModel
+        model=model, device=torch.device("cpu"), test=test, classes=tuple(f"c{i}" for i in range(10)),
+        mean=model.mean, std=model.std, config=SimpleNamespace(model="finetune"),
+        experiment=SimpleNamespace(name="ft"), best=SimpleNamespace(trial=SimpleNamespace(trial_id="t1")))
     figs = explain_model(bm, tmp_path)
     assert figs["filters"].grid == (8, 8) and figs["feature_maps"].grid == (8, 8)
     assert figs["guided_backprop"].grid == (10, 1)
     assert all(f.path.is_file() for f in figs.values())
+
+
+class _ReLU6Hand(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        return grad_out.clamp(min=0) * (x > 0)
+
+
+def test_relu6_saturated_neurons_are_still_explained():
+    """A ReLU6 neuron at its cap has zero gradient; guided backprop uses the ReLU rule there."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(),
+                        nn.Conv2d(6, 4, 3, padding=1), nn.ReLU6()).eval()
+    with torch.no_grad():
+        net[2].bias[0] = 8.0  # channel 0 of the second layer sits at its cap
+    x = torch.rand(1, 3, 10, 10, generator=torch.Generator().manual_seed(4))
+    channel = int(net(x).amax(dim=(2, 3))[0].argmax())
+    assert net(x)[0, channel].max() == 6.0
+    assert _plain(net, x, channel).abs().sum() == 0  # the plain gradient of a capped neuron
+    xx = x.clone().requires_grad_(True)
+    h = xx
+    for m in net:
+        h = _ReLU6Hand.apply(h) if isinstance(m, nn.ReLU6) else m(h)
+    (hand,) = torch.autograd.grad(h[:, channel].amax(dim=(1, 2)).sum(), xx)
+    ours = guided_attribution(_channel_net(net), x, channel)
+    assert hand.abs().sum() > 0
+    torch.testing.assert_close(ours, hand)

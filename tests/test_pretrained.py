@@ -237,7 +237,9 @@ def test_feature_cache_gives_the_same_run_as_the_full_forward(data, strategy):
     assert model.feature_cache.shapes[0] == want
     for a, b in zip(runs[True].history, runs[False].history, strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-5)
-        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-9)
+        # features come from other batch sizes than the full forward's: float noise may flip
+        # at most one borderline prediction
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1.01 / len(data.val.labels))
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
         assert a["trainable_params"] == b["trainable_params"]
     if strategy == "head_only":
@@ -275,7 +277,7 @@ def test_cached_run_checkpoint_holds_the_whole_model(data, tmp_path):
     assert cfg2 == cfg and isinstance(model, pretrained.FinetuneModel)
     x, y = to_device(data.val.images, data.val.labels, "cpu")
     again = evaluate(model, DeviceLoader(x, y, 256, mean=model.mean, std=model.std))
-    assert again["acc"] == pytest.approx(result.history[-1]["val_acc"], abs=1e-9)
+    assert again["acc"] == pytest.approx(result.history[-1]["val_acc"], abs=1.01 / len(y))
     assert again["loss"] == pytest.approx(result.history[-1]["val_loss"], rel=1e-4)
 
 

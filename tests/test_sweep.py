@@ -166,3 +166,14 @@ def test_resume_of_unknown_experiment_refused(space_file, synth_data, tmp_path, 
     rc = main(["sweep", str(space_file), "--data", str(synth_data), "--no-wandb",
                "--storage", str(tmp_path), "--resume"])
     assert rc == 2 and "--name" in capsys.readouterr().out
+
+
+def test_unknown_finetune_stage_refused_before_ray(tmp_path, synth_data, capsys):
+    space = {"model": "finetune", "method": "random", "metric": {"name": "val_acc", "goal": "maximize"},
+             "parameters": {"backbone": {"value": "resnet18"}, "image_size": {"value": 32},
+                            "strategy": {"values": ["head_only", "freeze_until:layer9"]}}}
+    p = tmp_path / "ft.yaml"
+    p.write_text(yaml.safe_dump(space))
+    rc = main(["sweep", str(p), "--data", str(synth_data), "--no-wandb", "--storage", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 2 and "parameters.strategy" in out and "layer9" in out and "layer4" in out

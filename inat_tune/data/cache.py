@@ -16,9 +16,8 @@ import logging
 import os
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import current_process, get_context
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 # Bump when decode_image's output changes (resize policy, colour handling): old caches then
 # simply stop matching.
 PREPROCESS_VERSION = "shorter-side-bilinear-centercrop-v1"
-_SERIAL_BELOW = 256  # process pools cost ~1 s to start: decode small sets in-process
 
 
 def cache_root() -> Path:
@@ -62,25 +60,18 @@ class ImageCache:
     image_size: int
 
 
-def _decode_chunk(args: tuple[str, str, list[tuple[int, str]], int, int]) -> list[tuple[int, str, str]]:
-    """Worker: decode files into the shared memmap; return (index, digest, error) per file."""
-    out_path, root, items, n, size = args
-    arr = np.memmap(out_path, dtype=np.uint8, mode="r+", shape=(n, size, size, 3))
-    results = []
-    for i, rel in items:
-        try:
-            data = Path(root, rel).read_bytes()
-        except OSError as e:
-            results.append((i, "", f"unreadable: {e}"))
-            continue
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        try:
-            arr[i] = decode_image(data, size)
-            results.append((i, digest, ""))
-        except ValueError as e:
-            results.append((i, digest, str(e)))
-    arr.flush()
-    return results
+def _decode_into(arr: np.ndarray, root: Path, files: Sequence[str], i: int, size: int) -> tuple[str, str]:
+    """Decode file ``i`` into ``arr[i]``; return (content digest, error or "")."""
+    try:
+        data = (root / files[i]).read_bytes()
+    except OSError as e:
+        return "", f"unreadable: {e}"
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        arr[i] = decode_image(data, size)
+    except ValueError as e:
+        return digest, str(e)
+    return digest, ""
 
 
 def _load(path: Path) -> ImageCache:
@@ -120,26 +111,26 @@ def build_cache(root: str | Path, files: Sequence[str], image_size: int, *,
         try:
             n = len(files)
             out = tmp / "images.u8"
-            np.memmap(out, dtype=np.uint8, mode="w+", shape=(n, image_size, image_size, 3)).flush()
+            arr = np.memmap(out, dtype=np.uint8, mode="w+", shape=(n, image_size, image_size, 3))
+            # Threads, not processes: Pillow releases the GIL while it decodes and resizes, and
+            # threads need no pickling, work inside Ray workers and daemonic processes, and do
+            # not re-import a user's __main__ the way spawned processes do.
             workers = workers or min(os.cpu_count() or 1, 16)
-            chunk = max(16, min(256, n // (workers * 4) + 1))
-            jobs = [(str(out), str(root), [(i, files[i]) for i in range(s, min(s + chunk, n))], n, image_size)
-                    for s in range(0, n, chunk)]
-            results: list[tuple[int, str, str]] = []
             bar = tqdm(total=n, desc=f"decode cache {image_size}px", unit="img", disable=not progress)
-            # daemonic processes (multiprocessing.Pool workers) may not start children
-            if workers == 1 or n < _SERIAL_BELOW or current_process().daemon:
-                for job in jobs:
-                    results += _decode_chunk(job)
-                    bar.update(len(job[2]))
+
+            def one(i: int) -> tuple[int, str, str]:
+                digest, err = _decode_into(arr, root, files, i, image_size)
+                bar.update(1)
+                return i, digest, err
+
+            if workers == 1:
+                results = [one(i) for i in range(n)]
             else:
-                # spawn, not fork: the parent may hold torch / Ray threads that fork would copy.
-                with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                    for res in pool.map(_decode_chunk, jobs):
-                        results += res
-                        bar.update(len(res))
+                with ThreadPoolExecutor(workers) as pool:
+                    results = list(pool.map(one, range(n)))
+            arr.flush()
+            del arr
             bar.close()
-            results.sort()
             ok = [not err for _, _, err in results]
             skipped = [(files[i], err) for i, _, err in results if err]
             meta = {

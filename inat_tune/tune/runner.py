@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..config import ConfigError, parse_overrides
 from ..data.pipeline import load_tuning_data
 from ..data.scan import DatasetError, scan_dataset
 from .space import SweepSpec, load_space, make_scheduler, make_search_alg, max_epochs, \
-    num_grid_trials, override, spec_to_dict, to_tune_param_space
+    override, spec_to_dict, to_tune_param_space
 from .trainables import TrialSettings, make_trainable
 
 log = logging.getLogger(__name__)
@@ -65,21 +66,24 @@ def join_uri(base: str, name: str) -> str:
 
 def check_storage(storage: str) -> None:
     """Fail now, not after the first epoch, if the storage cannot be written."""
+    # A probe of its own: two sweeps starting at once on one storage must not delete each
+    # other's probe (the second unlink would fail, reported as "cannot write there").
+    probe_name = f".inat-tune-write-test-{uuid.uuid4().hex}"
     if "://" in storage:
         import pyarrow.fs
         try:
             fs, path = pyarrow.fs.FileSystem.from_uri(storage)
             fs.create_dir(path, recursive=True)
-            with fs.open_output_stream(f"{path.rstrip('/')}/.inat-tune-write-test") as f:
+            with fs.open_output_stream(f"{path.rstrip('/')}/{probe_name}") as f:
                 f.write(b"ok")
-            fs.delete_file(f"{path.rstrip('/')}/.inat-tune-write-test")
+            fs.delete_file(f"{path.rstrip('/')}/{probe_name}")
         except Exception as e:  # noqa: BLE001 - any filesystem error means the same thing
             raise SweepError(f"--storage {storage}: cannot write there ({e})") from None
         return
     p = Path(storage).expanduser()
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".inat-tune-write-test"
+        probe = p / probe_name
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -100,6 +104,27 @@ def check_gpus(gpus_per_trial: float, available: float | None) -> None:
         raise SweepError(f"--gpus-per-trial {gpus_per_trial}: more than the {available:g} GPU(s) available")
 
 
+def check_backbones(space: SweepSpec) -> None:
+    """Every (backbone, strategy) pair the space can draw names a real backbone and stage."""
+    from ..config import RunConfig
+    from ..models.pretrained import get_backbone, trainable_stages
+
+    def points(key: str) -> list:
+        p = space.parameters.get(key)
+        return list(p.points()) if p is not None else [getattr(RunConfig(), key)]
+
+    for backbone in points("backbone"):
+        try:
+            stages = get_backbone(backbone).stages
+        except ValueError as e:
+            raise SweepError(f"parameters.backbone: {e}") from None
+        for strategy in points("strategy"):
+            try:
+                trainable_stages(strategy, stages)
+            except ValueError as e:
+                raise SweepError(f"parameters.strategy ({backbone}): {e}") from None
+
+
 def _local_gpus() -> int:
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -117,6 +142,8 @@ def resolve_options(args) -> tuple[SweepOptions, SweepSpec]:
         raise SweepError(f"--cpus-per-trial {args.cpus_per_trial}: must be > 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    if space.model == "finetune":
+        check_backbones(space)
     num = args.num_samples or space.run_cap or DEFAULT_NUM_SAMPLES
     if space.method == "grid":
         num = 1  # Ray repeats the whole grid num_samples times: one pass is the grid
@@ -234,6 +261,7 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
         path = opts.experiment_path
         if not tune.Tuner.can_restore(path):
             raise SweepError(f"--resume: no experiment to resume at {path}")
+        check_saved_state(path)
         # Finished trials stay as they are; unfinished and errored ones continue from their
         # last checkpoints; the searcher's saved state is restored with the experiment.
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -257,6 +285,38 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
     return results
 
 
+# The state files Tune restores an experiment from; it reads the newest (by name) of each kind.
+_STATE_FILES = ("tuner.pkl", "experiment_state-", "basic-variant-state-", "search_gen_state-",
+                "searcher-state-", "callback-states-")
+
+
+def check_saved_state(path: str) -> None:
+    """Refuse to resume from a damaged experiment state. A driver killed while Tune was writing
+    its state can leave one of these files cut short; Tune.restore then logs "Failed to restore
+    the run state" and silently starts a new experiment, with an empty config, in the same folder."""
+    import pyarrow.fs
+    import ray.cloudpickle as cloudpickle
+
+    if "://" in path:
+        fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    else:
+        fs, root = pyarrow.fs.LocalFileSystem(), path
+    names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+                   if i.type == pyarrow.fs.FileType.File)
+    for kind in _STATE_FILES:
+        newest = max((n for n in names if n.startswith(kind)), default=None)
+        if newest is None:
+            continue
+        try:
+            with fs.open_input_stream(f"{root.rstrip('/')}/{newest}") as f:
+                data = f.readall()
+            json.loads(data) if newest.startswith("experiment_state-") else cloudpickle.loads(data)
+        except Exception as e:  # noqa: BLE001 - any reading error means the same thing
+            raise SweepError(f"--resume: {newest} in {path} cannot be read ({type(e).__name__}: {e}); "
+                             "the driver was probably killed while saving it, and Ray would start the "
+                             "sweep over in this folder, so nothing was started") from None
+
+
 def _trial_dirname(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
@@ -265,8 +325,6 @@ def _print_summary(results, opts: SweepOptions, space: SweepSpec, wall: float) -
     df = results.get_dataframe()
     errors = sum(1 for r in results if r.error is not None)
     print()
-    if space.method == "grid":
-        log.debug("grid of %d trials", num_grid_trials(space))
     print(f"sweep {opts.name}: {len(results)} trials ({errors} errored) in {wall:.0f} s wall")
     if "gpu_seconds" in df:
         gpu = df["gpu_seconds"].fillna(0).sum()
@@ -278,9 +336,11 @@ def _print_summary(results, opts: SweepOptions, space: SweepSpec, wall: float) -
         print("no trial reported a result")
         return
     swept = {k: best.config.get(k) for k in space.parameters}
-    value = max(r[space.metric] for r in [best.metrics]) if best.metrics else float("nan")
+    history = best.metrics_dataframe[space.metric]
+    value = history.max() if space.mode == "max" else history.min()  # the best epoch, not the last
+    ckpt = best.get_best_checkpoint(space.metric, space.mode) if best.checkpoint else None
     print(f"best {space.metric}: {value:.4f} (trial {best.metrics.get('trial_id')}, "
-          f"best checkpoint kept: {best.get_best_checkpoint(space.metric, space.mode).path if best.checkpoint else '-'})")
+          f"checkpoint: {ckpt.path if ckpt else '-'})")
     print(f"best config: {json.dumps(swept, default=str)}")
     exp = opts.experiment_path
     print(f"experiment: {exp}")
