@@ -175,7 +175,8 @@ def _callbacks(opts: SweepOptions, space: SweepSpec) -> list:
     callbacks: list = [CompactProgress(space, metric=space.metric, mode=space.mode)]
     if opts.use_wandb:
         from .wandb_mirror import make_wandb_callback
-        cb = make_wandb_callback(project=opts.wandb_project, group=opts.name)
+        cb = make_wandb_callback(project=opts.wandb_project, group=opts.name,
+                                 experiment_path=opts.experiment_path)
         if cb is not None:
             callbacks.append(cb)
     return callbacks

@@ -19,7 +19,7 @@ def wandb_mode() -> str:
     return "offline"
 
 
-def make_wandb_callback(project: str, group: str):
+def make_wandb_callback(project: str, group: str, experiment_path: str = "<experiment>"):
     """A WandbLoggerCallback whose failures are logged, not raised; None if wandb is missing."""
     try:
         from ray.air.integrations.wandb import WandbLoggerCallback
@@ -62,7 +62,7 @@ def make_wandb_callback(project: str, group: str):
     mode = wandb_mode()
     if mode == "offline":
         os.environ["WANDB_MODE"] = "offline"  # Ray's callback then skips its API-key check
-    trial_glob = "<experiment>/*/wandb/offline-run-*"
+    trial_glob = f"{experiment_path}/*/wandb/offline-run-*"
     os.environ.setdefault("WANDB_SILENT", "true")
     return SafeWandbLoggerCallback(project=project, group=group, mode=mode, log_config=True,
                                    excludes=["node_ip", "hostname"])
