@@ -1,22 +1,13 @@
 """Experiment folders -> pandas, without Ray: one row per trial, one row per epoch, and the
 tables a report is made of (per-value accuracy, correlation + importance, cost, ASHA rungs).
 
-What is read (all plain files Ray Tune and ``inat-tune sweep`` write):
+The folders are read by :func:`inat_tune.experiment.load_experiment` (params.json,
+result.json, error.txt, Ray's experiment_state-*.json, sweep.json); ``space.yaml`` also says
+which keys were swept, their kind, the metric and the ASHA rungs.
 
-- ``<trainable>_<id>/params.json``  the trial's config (``config/<key>`` columns)
-- ``<trainable>_<id>/result.json``  one JSON line per reported epoch (the history)
-- ``<trainable>_<id>/error.txt``    present when the trial raised
-- ``experiment_state-*.json``       Ray's trial table: status (TERMINATED / ERROR / RUNNING /
-                                    PENDING / PAUSED), and trials that have no folder yet
-- ``space.yaml`` / ``sweep.json``   which keys were swept, their kind, the metric, ASHA rungs
-
-Status of a trial (column ``status``):
-
-- ``errored``: Ray's state says ERROR (or, without a state file, ``error.txt`` exists). A trial
-  Ray retried after an error and that then completed counts as finished/stopped_early.
-- ``unfinished``: RUNNING, PENDING or PAUSED, or no state file and a last line without ``done``.
-- ``finished``: it ran all the epochs of its config (``epochs``, default RunConfig's).
-- ``stopped_early``: it ended, without error, after fewer epochs (ASHA stopped it).
+Status of a trial (column ``status``): experiment's ``finished`` / ``errored`` /
+``unfinished`` (see :mod:`inat_tune.experiment`), except that a finished trial that ran fewer
+epochs than its config's ``epochs`` (default RunConfig's) is ``stopped_early`` (ASHA stopped it).
 
 Accuracies in the summary tables are each trial's *best* validation value over the epochs it
 ran (``best_val_acc``), which is what the sweep optimises and what its checkpoints keep.
@@ -24,26 +15,24 @@ ran (``best_val_acc``), which is what the sweep optimises and what its checkpoin
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
+from .experiment import ERRORED, FINISHED, UNFINISHED, Experiment, ExperimentError, Trial, epoch_of, \
+    load_experiment
 
-STATUSES = ("finished", "stopped_early", "errored", "unfinished")
+STOPPED_EARLY = "stopped_early"
+STATUSES = (FINISHED, STOPPED_EARLY, ERRORED, UNFINISHED)
 CONFIG_PREFIX = "config/"
-DEFAULT_EPOCHS = RunConfig.epochs  # a config without `epochs` ran this many
 MIN_TRIALS = 5  # fewer trials than this: no correlation or importance claim is made
 RF_TREES, RF_SEED = 300, 0  # the importance forest; seeded: the same folder, the same table
 LOW_IMPORTANCE = 0.05  # below this, gaps between a categorical's values are called confounded
 ROUGH_TRIALS = 20  # fewer than this: the importance ranking is called a rough guide
-_RAY_STATUS = {"ERROR": "errored", "RUNNING": "unfinished", "PENDING": "unfinished",
-               "PAUSED": "unfinished"}
 # Result keys that are Ray bookkeeping, not metrics (kept out of history.csv).
 _NOT_METRICS = {"config", "checkpoint_dir_name", "should_checkpoint", "done", "pid", "hostname",
                 "date", "time_since_restore", "iterations_since_restore", "experiment_tag"}
@@ -167,125 +156,28 @@ def resolve_space(space: SpaceInfo | Mapping[str, Any] | str | Path | None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading trials
+# Reading trials (the folders are read by inat_tune.experiment; this turns them into tables)
 
 
-@dataclass
-class _Trial:
-    trial_id: str
-    folder: Path | None
-    config: dict[str, Any]
-    results: list[dict[str, Any]]
-    error: str | None
-    ray_status: str | None  # from experiment_state-*.json
-    order: int  # position in Ray's trial table (creation order), then folder order
+ExperimentsArg = Union[str, Path, Experiment, Sequence[Union[str, Path, Experiment]]]
 
 
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    """result.json lines; a half-written last line (trial still running) is skipped."""
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def _ray_state(exp: Path) -> list[dict[str, Any]]:
-    """Ray's trial table from the newest ``experiment_state-*.json`` ([] when absent/unreadable).
-    Each entry: trial_id, status, config, dirname."""
-    files = sorted(exp.glob("experiment_state-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    if not files:
-        return []
+def load_experiments(path: ExperimentsArg) -> list[Experiment]:
+    """One or several experiment folders, read with ``load_experiment(strict=False)`` (a folder
+    of trials without sweep.json or space.yaml is read too); already read ones pass through.
+    Raises FileNotFoundError for a folder that is missing or holds neither."""
+    paths = [path] if isinstance(path, (str, Path, Experiment)) else list(path)
+    if not paths:
+        raise ValueError("no experiment folder given")
     try:
-        state = json.loads(files[-1].read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    out = []
-    for item in state.get("trial_data", []):
-        try:
-            info = json.loads(item[0]) if isinstance(item[0], str) else item[0]
-        except (TypeError, json.JSONDecodeError, IndexError):
-            continue
-        if not isinstance(info, dict) or "trial_id" not in info:
-            continue
-        out.append({"trial_id": info["trial_id"], "status": info.get("status"),
-                    "config": info.get("config") or {},
-                    "dirname": info.get("relative_logdir") or info.get("custom_dirname")})
-    return out
+        return [p if isinstance(p, Experiment) else load_experiment(p, strict=False) for p in paths]
+    except ExperimentError as e:  # a missing or empty folder, as for any file argument
+        raise FileNotFoundError(str(e)) from None
 
 
-def _is_trial_dir(p: Path) -> bool:
-    return p.is_dir() and any((p / f).exists() for f in ("params.json", "result.json", "error.txt"))
-
-
-def _error_message(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    # Ray's error.txt ends with the exception's own line ("RuntimeError: CUDA out of memory").
-    return lines[-1][:300] if lines else "error"
-
-
-def _scan(exp: Path) -> list[_Trial]:
-    state = _ray_state(exp)
-    by_dir = {s["dirname"]: s for s in state if s.get("dirname")}
-    by_id = {s["trial_id"]: s for s in state}
-    order = {s["trial_id"]: i for i, s in enumerate(state)}
-    trials: list[_Trial] = []
-    seen: set[str] = set()
-    for i, d in enumerate(sorted(p for p in exp.iterdir() if _is_trial_dir(p))):
-        results = _read_json_lines(d / "result.json")
-        config: dict[str, Any] = {}
-        if (d / "params.json").is_file():
-            try:
-                config = json.loads((d / "params.json").read_text())
-            except json.JSONDecodeError:
-                config = {}
-        s = by_dir.get(d.name)
-        tid = (results[-1].get("trial_id") if results else None) or (s or {}).get("trial_id") \
-            or d.name.rsplit("_", 1)[-1]
-        s = s or by_id.get(tid)
-        if not config:
-            config = (results[-1].get("config") if results else None) or (s or {}).get("config") or {}
-        seen.add(tid)
-        trials.append(_Trial(tid, d, _flatten(config), results, _error_message(d / "error.txt"),
-                             (s or {}).get("status"), order.get(tid, len(state) + i)))
-    for s in state:  # trials Ray created that have no folder yet (PENDING)
-        if s["trial_id"] not in seen:
-            trials.append(_Trial(s["trial_id"], None, _flatten(s["config"]), [], None,
-                                 s.get("status"), order[s["trial_id"]]))
-    return trials
-
-
-def _status(t: _Trial, epochs_run: int, budget: int) -> str:
-    if t.ray_status == "ERROR" or (t.ray_status is None and t.error is not None):
-        return "errored"
-    if t.ray_status in _RAY_STATUS:
-        return _RAY_STATUS[t.ray_status]
-    if not t.results:
-        return "unfinished"
-    if epochs_run >= budget:
-        return "finished"
-    if t.ray_status is None and t.results[-1].get("done") is False:
-        return "unfinished"  # no state file, and the last line says the trial goes on
-    return "stopped_early"
-
-
-def _trial_row(t: _Trial, gpus_per_trial: float, cpus_per_trial: float) -> dict[str, Any]:
+def _trial_row(t: Trial, gpus_per_trial: float, cpus_per_trial: float) -> dict[str, Any]:
     res = t.results
-    epochs = [_epoch(r) for r in res]
-    budget = int(t.config.get("epochs", DEFAULT_EPOCHS))
-    epochs_run = max(epochs) if epochs else 0
-    status = _status(t, epochs_run, budget)
+    status = STOPPED_EARLY if t.status == FINISHED and t.epochs_run < t.epochs else t.status
     last = res[-1] if res else {}
 
     def series(key: str) -> list[float]:
@@ -299,12 +191,12 @@ def _trial_row(t: _Trial, gpus_per_trial: float, cpus_per_trial: float) -> dict[
     row: dict[str, Any] = {
         "trial_id": t.trial_id,
         "status": status,
-        "stopped_early": status == "stopped_early",
-        "epochs_run": epochs_run,
-        "epochs_budget": budget,
+        "stopped_early": status == STOPPED_EARLY,
+        "epochs_run": t.epochs_run,
+        "epochs_budget": t.epochs,
         "val_acc": acc[-1] if acc else math.nan,
         "best_val_acc": acc[best_i] if acc else math.nan,
-        "best_epoch": ([e for e, r in zip(epochs, res) if _is_number(r.get("val_acc"))][best_i]
+        "best_epoch": ([epoch_of(r) for r in res if _is_number(r.get("val_acc"))][best_i]
                        if acc else pd.NA),
         "val_loss": loss[-1] if loss else math.nan,
         "best_val_loss": min(loss) if loss else math.nan,
@@ -313,51 +205,15 @@ def _trial_row(t: _Trial, gpus_per_trial: float, cpus_per_trial: float) -> dict[
         "gpu_seconds": gpu,
         "cpu_seconds": cpu,
         "trainable_params": int(last["trainable_params"]) if _is_number(last.get("trainable_params")) else pd.NA,
-        "created": _created(t),
+        "created": pd.Timestamp(t.created, unit="s") if t.created is not None else pd.NaT,
         "device": last.get("device"),
         "node_ip": last.get("node_ip"),
         "error": t.error,
-        "path": str(t.folder) if t.folder else None,
+        "path": str(t.path) if t.path else None,
     }
-    for k, v in t.config.items():
+    for k, v in _flatten(t.config).items():
         row[CONFIG_PREFIX + k] = _hashable(v)
     return row
-
-
-def _created(t: _Trial) -> pd.Timestamp:
-    """When the trial started: its first result's timestamp less the time it had run by then
-    (Ray's time_total_s); without results, its folder's ctime; NaT for a trial with no folder."""
-    if t.results:
-        r = t.results[0]
-        if _is_number(r.get("timestamp")):
-            run = float(r["time_total_s"]) if _is_number(r.get("time_total_s")) else 0.0
-            return pd.Timestamp(float(r["timestamp"]) - run, unit="s")
-    if t.folder is not None:
-        return pd.Timestamp(t.folder.stat().st_ctime, unit="s")
-    return pd.NaT
-
-
-def _epoch(r: Mapping[str, Any]) -> int:
-    for key in ("epoch", "training_iteration"):
-        if _is_number(r.get(key)):
-            return int(r[key])
-    return 0
-
-
-def _experiment_dirs(path: str | Path | Sequence[str | Path]) -> list[Path]:
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
-    out = []
-    for p in paths:
-        if "://" in str(p):
-            raise FileNotFoundError(f"{p}: only local experiment folders can be read; copy it "
-                                    "down first (e.g. `aws s3 sync` / `gsutil rsync`)")
-        d = Path(p).expanduser().resolve()
-        if not d.is_dir():
-            raise FileNotFoundError(f"{p}: no such experiment folder")
-        out.append(d)
-    if not out:
-        raise ValueError("no experiment folder given")
-    return out
 
 
 def experiment_labels(dirs: Sequence[Path]) -> list[str]:
@@ -371,15 +227,7 @@ def experiment_labels(dirs: Sequence[Path]) -> list[str]:
     return labels
 
 
-def _sweep_settings(exp: Path) -> dict[str, Any]:
-    p = exp / "sweep.json"
-    try:
-        return json.loads(p.read_text()) if p.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
-
-
-def load_results(path: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+def load_results(path: ExperimentsArg) -> pd.DataFrame:
     """One row per trial of one or several experiment folders, ordered by creation.
 
     Columns: ``experiment``, ``trial_id``, ``status`` (finished / stopped_early / errored /
@@ -391,30 +239,20 @@ def load_results(path: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     for every config key. Metrics are NaN for a trial that reported nothing. Reads files only:
     Ray need not run. ``df.attrs['experiments']`` lists the folders read.
     """
-    dirs = _experiment_dirs(path)
+    exps = load_experiments(path)
     frames = []
-    for d, label in zip(dirs, experiment_labels(dirs)):
-        trials = _scan(d)
-        if not trials and not (d / "sweep.json").is_file():
-            raise FileNotFoundError(f"{d}: no trial folders and no sweep.json; is it an "
-                                    "experiment folder (<storage>/<name>)?")
-        settings = _sweep_settings(d)
-        rows = [_trial_row(t, float(settings.get("gpus_per_trial", 0.0)),
-                           float(settings.get("cpus_per_trial", 1.0))) for t in trials]
+    for exp, label in zip(exps, experiment_labels([e.path for e in exps])):
+        gpus, cpus = float(exp.sweep.get("gpus_per_trial", 0.0)), float(exp.sweep.get("cpus_per_trial", 1.0))
+        rows = [_trial_row(t, gpus, cpus) for t in exp.trials]
         df = pd.DataFrame(rows, columns=_BASE_COLUMNS if not rows else None)
-        if rows:
-            df["_order"] = [t.order for t in trials]
-            df = df.sort_values(["created", "_order"], na_position="last", kind="stable")
-            df = df.drop(columns="_order")
         df.insert(0, "experiment", label)
         frames.append(df)
-    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     base = [c for c in out.columns if not c.startswith(CONFIG_PREFIX)]
-    space = read_space(dirs[0])
-    first = [CONFIG_PREFIX + k for k in (space.params if space else {}) if CONFIG_PREFIX + k in out]
+    first = [CONFIG_PREFIX + k for k in space_from_dict(exps[0].space).params if CONFIG_PREFIX + k in out]
     rest = sorted(c for c in out.columns if c.startswith(CONFIG_PREFIX) and c not in first)
     out = out[base + first + rest]
-    out.attrs["experiments"] = [str(d) for d in dirs]
+    out.attrs["experiments"] = [str(e.path) for e in exps]
     return out
 
 
@@ -424,16 +262,16 @@ _BASE_COLUMNS = ["trial_id", "status", "stopped_early", "epochs_run", "epochs_bu
                  "device", "node_ip", "error", "path"]
 
 
-def load_history(path: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+def load_history(path: ExperimentsArg) -> pd.DataFrame:
     """Long format: one row per (experiment, trial, epoch) with every scalar metric reported
     (train/val loss and accuracy, lr, epoch_seconds, images_per_s, time_total_s, ...). A
     restored trial that reported an epoch twice keeps its last report."""
-    dirs = _experiment_dirs(path)
+    exps = load_experiments(path)
     rows = []
-    for d, label in zip(dirs, experiment_labels(dirs)):
-        for t in _scan(d):
+    for exp, label in zip(exps, experiment_labels([e.path for e in exps])):
+        for t in exp.trials:
             for r in t.results:
-                row = {"experiment": label, "trial_id": t.trial_id, "epoch": _epoch(r)}
+                row = {"experiment": label, "trial_id": t.trial_id, "epoch": epoch_of(r)}
                 row.update({k: v for k, v in r.items()
                             if k not in _NOT_METRICS and k not in row and not isinstance(v, (dict, list))})
                 rows.append(row)
@@ -444,7 +282,7 @@ def load_history(path: str | Path | Sequence[str | Path]) -> pd.DataFrame:
                .drop_duplicates(["experiment", "trial_id", "epoch"], keep="last")
                .sort_values(["experiment", "trial_id", "epoch"], kind="stable")
                .reset_index(drop=True))
-    out.attrs["experiments"] = [str(d) for d in dirs]
+    out.attrs["experiments"] = [str(e.path) for e in exps]
     return out
 
 
@@ -605,9 +443,12 @@ def rung_table(df: pd.DataFrame, space: SpaceInfo) -> pd.DataFrame:
 
 
 def best_trial(df: pd.DataFrame, space: SpaceInfo, prefer: str | None = None) -> pd.Series | None:
-    """The row of the best trial by the target (None when no trial reported it). Ties go to
-    ``prefer`` when it is among them (the trial ``inat-tune evaluate`` chose), else to the
-    first created."""
+    """The row of the best trial by the target (None when no trial reported it).
+
+    Ties go to ``prefer`` when it is among them: the trial :func:`inat_tune.experiment.best_trial`
+    chose (``inat-tune evaluate`` names it in test_metrics.json), which may differ because it
+    considers finished trials only; else to the first created, experiment.best_trial's own
+    rule (``df`` is in creation order)."""
     d = scored(df, space.target)
     if d.empty:
         return None
@@ -840,7 +681,7 @@ def _numeric_series(s: pd.Series) -> bool:
     return bool(vals) and all(_is_number(v) or isinstance(v, (bool, np.bool_)) for v in vals)
 
 
-__all__ = ["ParamInfo", "SpaceInfo", "STATUSES", "load_results", "load_history", "read_space",
+__all__ = ["ParamInfo", "SpaceInfo", "STATUSES", "load_experiments", "load_results", "load_history", "read_space",
            "infer_space", "resolve_space", "space_from_dict", "category_table", "importance_table",
            "cost_summary", "cost_table", "rung_table", "rungs", "best_trial", "comparison_table",
            "epochs_to_fraction", "insights", "strength", "experiment_labels"]

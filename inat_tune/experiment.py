@@ -1,8 +1,10 @@
 """Read an experiment folder as plain files (no Ray running) and pick its best trial.
 
-An experiment folder is what ``inat-tune sweep`` leaves under ``<storage>/<name>/``::
+This is the one reader of experiment folders: :mod:`inat_tune.evaluate` picks the best trial
+with it, and :mod:`inat_tune.analysis` builds its tables from it. An experiment folder is what
+``inat-tune sweep`` leaves under ``<storage>/<name>/``::
 
-    sweep.json                the sweep's settings (data_dir, name, ...)
+    sweep.json                the sweep's settings (data_dir, name, gpus_per_trial, ...)
     space.yaml                the resolved search space; metric {name, goal} picks the best
     split_manifest.json       the tuning train/validation split
     <trainable>_<trial_id>/   one folder per Ray Tune trial:
@@ -10,12 +12,23 @@ An experiment folder is what ``inat-tune sweep`` leaves under ``<storage>/<name>
         result.json           one JSON line per reported epoch (val_acc, training_iteration, ...)
         checkpoint_00000N/checkpoint.pt   the state after training_iteration N + 1
         error.txt             only when the trial errored
-    experiment_state-*.json   Ray's trial table (read as JSON for each trial's status)
+    experiment_state-*.json   Ray's trial table: each trial's status, and trials that have no
+                              folder yet (created by Ray, never started)
 
-``load_experiment(path)`` returns an :class:`Experiment`; ``best_trial(exp)`` returns the
-trial with the best value of the sweep's own metric (a validation metric: the test set is
-never used to choose) and the checkpoint of its best epoch. Nothing here imports Ray; torch
-is imported only to read a checkpoint's saved epoch when checkpoints need checking.
+``load_experiment(path)`` returns an :class:`Experiment` with its trials in creation order;
+``best_trial(exp)`` returns the trial with the best value of the sweep's own metric (a
+validation metric: the test set is never used to choose; ties go to the trial created first)
+and the checkpoint of its best epoch. Nothing here imports Ray; torch is imported only to read
+a checkpoint's saved epoch when checkpoints need checking.
+
+Status of a trial (:attr:`Trial.status`; the analysis adds ``stopped_early`` on top):
+
+- ``errored``: Ray's state says ERROR; without a state file, error.txt exists and the trial
+  did not finish. A trial Ray retried after an error and that then completed is finished.
+- ``unfinished``: Ray's state says RUNNING, PENDING or PAUSED; or the trial reported nothing;
+  or, without a state file, nothing says it ended (still running, or interrupted).
+- ``finished``: Ray's state says TERMINATED; without a state file, the last result has
+  ``done`` (Ray sets it when ASHA stops a trial too) or all the config's epochs were reported.
 """
 
 from __future__ import annotations
@@ -29,13 +42,18 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from .config import RunConfig
+
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"  # same name as inat_tune.tune.runner.SWEEP_FILE (not imported: no Ray)
 SPACE_FILE = "space.yaml"
 CHECKPOINT_NAME = "checkpoint.pt"  # inat_tune.train.CHECKPOINT_NAME
+TRIAL_FILES = ("params.json", "result.json", "error.txt")  # a folder with one of them is a trial
 _GOALS = {"maximize": "max", "minimize": "min", "max": "max", "min": "min"}
 FINISHED, ERRORED, UNFINISHED = "finished", "errored", "unfinished"
+_RAY_STATUS = {"TERMINATED": FINISHED, "ERROR": ERRORED, "RUNNING": UNFINISHED,
+               "PENDING": UNFINISHED, "PAUSED": UNFINISHED}
 
 
 class ExperimentError(ValueError):
@@ -44,15 +62,21 @@ class ExperimentError(ValueError):
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial folder. ``results`` are result.json's lines in order (one per epoch)."""
+    """One trial. ``results`` are result.json's lines in order (one per epoch)."""
 
     trial_id: str
-    path: Path
-    config: dict[str, Any]
+    path: Path | None  # None: a trial only Ray's state file knows (created, never started)
+    config: dict[str, Any]  # params.json (else the results' or Ray's copy)
     results: tuple[dict[str, Any], ...]
-    status: str  # finished (incl. stopped early by ASHA) | errored | unfinished (see _status)
-    checkpoints: tuple[Path, ...]  # checkpoint_*/checkpoint.pt files, in index order
+    status: str  # FINISHED | ERRORED | UNFINISHED (see the module's docstring)
+    epochs: int  # the epochs its config asked for (RunConfig's default when it names none)
+    checkpoints: tuple[Path, ...] = ()  # checkpoint_*/checkpoint.pt files, in index order
     error: str | None = None  # the last line of error.txt, for messages
+    created: float | None = None  # when it started, in Unix seconds (see _created)
+
+    @property
+    def epochs_run(self) -> int:
+        return max((epoch_of(r) for r in self.results), default=0)
 
     def best_result(self, metric: str, mode: str) -> dict[str, Any] | None:
         """The epoch row with the best finite ``metric`` (the earliest on ties), or None."""
@@ -71,7 +95,7 @@ class Experiment:
     space: dict[str, Any]  # space.yaml
     metric: str  # e.g. val_acc
     mode: str  # max | min
-    trials: tuple[Trial, ...]
+    trials: tuple[Trial, ...]  # in creation order
 
     @property
     def data_dir(self) -> str | None:
@@ -94,35 +118,45 @@ class BestTrial(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read ``path`` (an experiment folder); raises ExperimentError if it is not one."""
+def load_experiment(path: str | Path, *, strict: bool = True) -> Experiment:
+    """Read ``path`` (an experiment folder); raises ExperimentError if it is not one.
+
+    ``strict=False`` (what the analysis reads) also takes a folder of trials without
+    sweep.json or space.yaml, or whose metric could not choose a model (``metric`` is then
+    val_acc, maximised).
+    """
     if "://" in str(path):
         raise ExperimentError(f"{path}: remote experiments are not read directly; copy the folder "
                               "here first (e.g. `aws s3 sync URI DIR`)")
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().resolve()
     if not path.is_dir():
-        raise ExperimentError(f"experiment folder {path} does not exist")
-    if not (path / SWEEP_FILE).is_file():
+        raise ExperimentError(f"no such experiment folder: {path} (it does not exist)")
+    trials = _read_trials(path)
+    if not (path / SWEEP_FILE).is_file() and (strict or not trials):
         inner = sorted(p.name for p in path.iterdir() if (p / SWEEP_FILE).is_file())
         hint = f" (experiments inside it: {', '.join(inner)})" if inner else ""
-        raise ExperimentError(f"{path} is not an inat-tune experiment folder: no {SWEEP_FILE}{hint}")
-    sweep = json.loads((path / SWEEP_FILE).read_text())
+        raise ExperimentError(f"{path} is not an inat-tune experiment folder: no {SWEEP_FILE}"
+                              + ("" if trials else " and no trial folders") + hint)
+    sweep = _read_json(path / SWEEP_FILE) or {}
     space_file = path / SPACE_FILE
-    if not space_file.is_file():
+    if strict and not space_file.is_file():
         raise ExperimentError(f"{path}: no {SPACE_FILE}, so the metric that picks the best trial is unknown")
-    space = yaml.safe_load(space_file.read_text()) or {}
-    metric, mode = _metric(space, space_file)
-    states = _ray_states(path)
-    trials = tuple(_read_trial(p, states) for p in sorted(path.iterdir())
-                   if p.is_dir() and ((p / "params.json").is_file() or (p / "result.json").is_file()))
+    space = (yaml.safe_load(space_file.read_text()) or {}) if space_file.is_file() else {}
+    try:
+        metric, mode = _metric(space, space_file)
+    except ExperimentError:
+        if strict:
+            raise
+        metric, mode = "val_acc", "max"
     return Experiment(path=path, name=sweep.get("name", path.name), sweep=sweep, space=space,
-                      metric=metric, mode=mode, trials=trials)
+                      metric=metric, mode=mode, trials=tuple(trials))
 
 
 def best_trial(exp: Experiment, *, include_unfinished: bool = False) -> BestTrial:
-    """The finished trial whose best epoch has the best ``exp.metric``, and that epoch's checkpoint
-    (of tied epochs, the first one whose checkpoint was kept; if none was kept, the kept
-    checkpoint with the best recorded metric, with a warning).
+    """The finished trial whose best epoch has the best ``exp.metric`` (of tied trials, the one
+    created first), and that epoch's checkpoint (of tied epochs, the first one whose checkpoint
+    was kept; if none was kept, the kept checkpoint with the best recorded metric, with a
+    warning).
 
     Chosen on the validation split the sweep optimised (space.yaml's metric), never on test
     data. Unfinished trials (interrupted sweeps) count only with ``include_unfinished``;
@@ -145,6 +179,7 @@ def best_trial(exp: Experiment, *, include_unfinished: bool = False) -> BestTria
     if not scored:
         raise ExperimentError(f"{exp.path}: no finished trial reported {exp.metric}")
     sign = 1.0 if exp.mode == "max" else -1.0
+    # exp.trials are in creation order and max() keeps the first of ties
     trial, row = max(scored, key=lambda tr: sign * float(tr[1][exp.metric]))
     return _best_checkpoint(exp, trial, row)
 
@@ -158,13 +193,22 @@ def trial_checkpoint(trial: Trial, row: dict[str, Any]) -> Path | None:
     name = row.get("checkpoint_dir_name")
     if not name and "training_iteration" in row:
         name = f"checkpoint_{int(row['training_iteration']) - 1:06d}"
-    if not name:
+    if not name or trial.path is None:
         return None
     p = trial.path / name / CHECKPOINT_NAME
     return p if p.is_file() else None
 
 
+def epoch_of(row: dict[str, Any]) -> int:
+    """The epoch a result row reports (``epoch``, else Ray's ``training_iteration``; else 0)."""
+    for key in ("epoch", "training_iteration"):
+        if _finite(row.get(key)):
+            return int(row[key])
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
+# Reading the files
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -180,75 +224,110 @@ def _metric(space: dict[str, Any], where: Path) -> tuple[str, str]:
     return str(name), _GOALS[goal]
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file; None when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _read_results(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if not path.is_file():
         return rows
-    for i, line in enumerate(path.read_text().splitlines()):
+    for i, line in enumerate(path.read_text(errors="replace").splitlines()):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a killed process: keep the rest
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed or running process: keep the rest
             log.warning("%s:%d: unreadable result line skipped", path, i + 1)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
-_RAY_STATUS = {"TERMINATED": FINISHED, "ERROR": ERRORED, "RUNNING": UNFINISHED,
-               "PENDING": UNFINISHED, "PAUSED": UNFINISHED}
-
-
-def _ray_states(path: Path) -> dict[str, str]:
-    """Trial folder name and trial id -> Ray's status, from the newest experiment_state-*.json
-    (plain JSON: each ``trial_data`` item starts with the trial's JSON). {} if none is readable."""
+def _ray_trials(path: Path) -> list[dict[str, Any]]:
+    """Ray's trial table, in creation order, from the newest experiment_state-*.json (plain
+    JSON: each ``trial_data`` item starts with the trial's JSON); [] if none is readable."""
     files = sorted(path.glob("experiment_state-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    try:
-        data = json.loads(files[-1].read_text()) if files else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-    out: dict[str, str] = {}
-    for item in data.get("trial_data", []):
+    data = _read_json(files[-1]) if files else None
+    out = []
+    for item in (data or {}).get("trial_data", []):
         try:
             info = json.loads(item[0]) if isinstance(item[0], str) else item[0]
-            status = info["status"]
         except (TypeError, KeyError, IndexError, json.JSONDecodeError):
             continue
-        for key in (info.get("relative_logdir"), info.get("custom_dirname"), info.get("trial_id")):
-            if key:
-                out[str(key)] = status
+        if isinstance(info, dict) and info.get("trial_id"):
+            out.append(info)
     return out
 
 
-def _status(results: list[dict[str, Any]], error: str | None, ray_status: str | None,
-            config: dict[str, Any]) -> str:
-    """Ray's own status when its state file names the trial; otherwise from the trial's files:
-    a last result with done=true (Ray sets it when ASHA stops a trial) or all the config's
-    epochs reported -> finished; error.txt -> errored; else unfinished (still running or
-    interrupted). A trial that errored, was retried and then completed counts as finished."""
-    if ray_status in _RAY_STATUS:
-        return _RAY_STATUS[ray_status]
-    last = results[-1] if results else {}
-    epochs = config.get("epochs", last.get("config", {}).get("epochs"))
-    if last.get("done") or (epochs is not None and last.get("epoch", 0) >= int(epochs) and error is None):
-        return FINISHED
-    return ERRORED if error is not None else UNFINISHED
+def _read_trials(path: Path) -> list[Trial]:
+    """The trial folders of ``path`` and the trials only Ray's state names, in creation order:
+    by start time (trials without one last), then Ray's order, then folder name."""
+    state = _ray_trials(path)
+    by_key: dict[str, tuple[int, dict[str, Any]]] = {}  # folder name or trial id -> Ray's entry
+    for i, info in enumerate(state):
+        for key in (info.get("relative_logdir"), info.get("custom_dirname"), info["trial_id"]):
+            if key:
+                by_key.setdefault(str(key), (i, info))
+    found: list[tuple[int, Trial]] = []
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and any((p / f).is_file() for f in TRIAL_FILES))
+    for i, d in enumerate(folders):
+        results = _read_results(d / "result.json")
+        reported = next((str(r["trial_id"]) for r in results if r.get("trial_id")), None)
+        guess = reported or d.name.rsplit("_", 1)[-1]  # folders are named <trainable>_<trial_id>
+        order, info = by_key.get(d.name) or by_key.get(guess) or (len(state) + i, {})
+        config = _read_json(d / "params.json") or (results[-1].get("config") if results else None) \
+            or info.get("config") or {}
+        found.append((order, _trial(reported or info.get("trial_id") or guess, d, config, results,
+                                    info.get("status"))))
+    seen = {t.trial_id for _, t in found}
+    found += [(i, _trial(str(info["trial_id"]), None, info.get("config") or {}, [], info.get("status")))
+              for i, info in enumerate(state) if info["trial_id"] not in seen]
+    found.sort(key=lambda ot: (ot[1].created is None, ot[1].created or 0.0, ot[0]))
+    return [t for _, t in found]
 
 
-def _read_trial(path: Path, states: dict[str, str]) -> Trial:
-    results = _read_results(path / "result.json")
-    config = json.loads((path / "params.json").read_text()) if (path / "params.json").is_file() \
-        else dict(results[-1].get("config", {})) if results else {}
-    trial_id = next((r["trial_id"] for r in results if r.get("trial_id")), None) or path.name
-    error_file = path / "error.txt"
+def _trial(trial_id: str, path: Path | None, config: dict[str, Any], results: list[dict[str, Any]],
+           ray_status: str | None) -> Trial:
     error = None
-    if error_file.is_file():
-        lines = [ln for ln in error_file.read_text(errors="replace").splitlines() if ln.strip()]
+    if path is not None and (path / "error.txt").is_file():
+        lines = [ln for ln in (path / "error.txt").read_text(errors="replace").splitlines() if ln.strip()]
+        # Ray's error.txt ends with the exception's own line ("RuntimeError: CUDA out of memory")
         error = lines[-1].strip()[:200] if lines else "error.txt is empty"
-    status = _status(results, error, states.get(path.name, states.get(trial_id)), config)
-    checkpoints = tuple(sorted(path.glob(f"checkpoint_*/{CHECKPOINT_NAME}"),
-                               key=lambda p: _checkpoint_index(p.parent.name)))
-    return Trial(trial_id=trial_id, path=path, config=config, results=tuple(results), status=status,
-                 checkpoints=checkpoints, error=error)
+    epochs = int(config["epochs"]) if _finite(config.get("epochs")) else RunConfig.epochs
+    checkpoints = () if path is None else tuple(
+        sorted(path.glob(f"checkpoint_*/{CHECKPOINT_NAME}"), key=lambda p: _checkpoint_index(p.parent.name)))
+    return Trial(trial_id=trial_id, path=path, config=config, results=tuple(results),
+                 status=_status(results, error, ray_status, epochs), epochs=epochs,
+                 checkpoints=checkpoints, error=error, created=_created(path, results))
+
+
+def _status(results: list[dict[str, Any]], error: str | None, ray_status: str | None, epochs: int) -> str:
+    """Ray's own status when its state file names the trial, else the trial's files (see the
+    module's docstring)."""
+    said = _RAY_STATUS.get(ray_status)  # None: no state file, or it does not name the trial
+    if said in (ERRORED, UNFINISHED):
+        return said
+    if results and (said == FINISHED or results[-1].get("done")
+                    or (error is None and max(epoch_of(r) for r in results) >= epochs)):
+        return FINISHED
+    return ERRORED if error is not None and said is None else UNFINISHED
+
+
+def _created(path: Path | None, results: list[dict[str, Any]]) -> float | None:
+    """When the trial started: its first result's timestamp less the time it had run by then
+    (Ray's time_total_s); without one, its folder's ctime; None for a trial with no folder."""
+    first = results[0] if results else {}
+    if _finite(first.get("timestamp")):
+        run = first.get("time_total_s")
+        return float(first["timestamp"]) - (float(run) if _finite(run) else 0.0)
+    return path.stat().st_ctime if path is not None else None
 
 
 def _checkpoint_index(name: str) -> int:
@@ -257,6 +336,9 @@ def _checkpoint_index(name: str) -> int:
     except (IndexError, ValueError):
         return -1
 
+
+# ---------------------------------------------------------------------------------------------
+# The best checkpoint of the best trial
 
 def _saved(ckpt: Path, metric: str) -> tuple[int | None, float | None]:
     """(epoch, metric at that epoch) as the checkpoint file itself records them."""

@@ -39,6 +39,7 @@ EVAL_FIGURES = {
 }
 FIG_PREFIX = "fig_"  # the report's own figures; any other PNG is shown as evaluate/explain output
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # inat_tune.data.synth writes it into generated datasets
+_METHODS = {"bayes": "Optuna TPE (bayes)", "random": "random", "grid": "grid"}  # space.yaml's method
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +246,8 @@ class _Exp:
     df: pd.DataFrame
     history: pd.DataFrame
     space: an.SpaceInfo
-    sweep: dict[str, Any]
+    sweep: dict[str, Any]  # sweep.json
+    method: str | None  # space.yaml's search method
     test: dict[str, Any] | None
     importance: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -259,17 +261,16 @@ def _read_json(p: Path) -> dict[str, Any] | None:
 
 
 def _load(paths: Sequence[str | Path]) -> list[_Exp]:
-    dirs = [Path(p).expanduser().resolve() for p in paths]
-    labels = an.experiment_labels(dirs)
-    df_all = an.load_results(dirs)
-    hist_all = an.load_history(dirs)
+    read = an.load_experiments(paths)  # each folder is read once, here
+    labels = an.experiment_labels([x.path for x in read])
+    df_all, hist_all = an.load_results(read), an.load_history(read)
     exps = []
-    for d, label in zip(dirs, labels):
+    for x, label in zip(read, labels):
         df = df_all[df_all["experiment"] == label].reset_index(drop=True)
         hist = hist_all[hist_all["experiment"] == label].reset_index(drop=True)
-        space = an.read_space(d) or an.infer_space(df)
-        exps.append(_Exp(d, label, df, hist, space, _read_json(d / "sweep.json") or {},
-                         _read_json(d / "test_metrics.json"), an.importance_table(df, space)))
+        space = an.space_from_dict(x.space) if x.space else an.infer_space(df)
+        exps.append(_Exp(x.path, label, df, hist, space, x.sweep, x.space.get("method"),
+                         _read_json(x.path / "test_metrics.json"), an.importance_table(df, space)))
     return exps
 
 
@@ -310,7 +311,7 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
     if e.sweep.get("data_dir"):
         meta.append(f"dataset: `{e.sweep['data_dir']}`")
     model = an._first(df, an.CONFIG_PREFIX + "model")
-    meta.append(f"model: {model or '-'}; search: {_space_method(e.path)}; metric: {space.metric} "
+    meta.append(f"model: {model or '-'}; search: {_METHODS.get(e.method, '-')}; metric: {space.metric} "
                 f"({'maximise' if space.mode == 'max' else 'minimise'}); trials: {len(df)}")
     if e.sweep.get("gpus_per_trial") is not None:
         meta.append(f"resources per trial: {e.sweep.get('cpus_per_trial', '-')} CPU, "
@@ -391,15 +392,6 @@ def _test_insight(e: _Exp) -> list[str]:
            if len(row) and an._finite(row["best_val_acc"].iloc[0]) else "")
     return [f"Test set (held out, evaluated once by `inat-tune evaluate`) on trial {tid or '-'}{val}: "
             f"test accuracy {an.fmt_metric(e.test['test_acc'])}."]
-
-
-def _space_method(path: Path) -> str:
-    p = path / "space.yaml"
-    if not p.is_file():
-        return "-"
-    import yaml
-    raw = yaml.safe_load(p.read_text()) or {}
-    return {"bayes": "Optuna TPE (bayes)", "random": "random", "grid": "grid"}.get(raw.get("method"), "-")
 
 
 def _missing(v: Any) -> bool:
