@@ -19,9 +19,15 @@ Default mode (the same files, the same cores, the same batch size for every line
 small synthetic dataset with equal numbers of trials, through the real sweep machinery.
 
 Without ``--data`` the photos are generated (``inat_tune.data.synth`` at a nominal 600 px:
-450-960 px sides, JPEG quality 90, about 180 kB each, like iNaturalist photos) and kept in the
+450-960 px sides, JPEG quality 90, about 170 kB each, like iNaturalist photos) and kept in the
 temporary folder for the next run, so decoding costs what it costs in real use. Ray is imported
 only by the sections that need it: everything else runs where Ray is not installed.
+
+Timed measurements are repeated (3x; 1x with ``--quick``) and the best run is reported, every
+run kept in the JSON; CPU-seconds per image (worker processes included) are reported next to
+images/s because they hardly depend on what else the machine runs. On a CPU shared with other
+jobs, OpenMP's spinning threads slow the torch sections several-fold: run with
+``OMP_WAIT_POLICY=PASSIVE`` there (the command line printed with the results shows it).
 Benchmarks are commands, not timed tests; results that matter go to results/BENCHMARKS.md with
 the command that produced them.
 """
@@ -93,6 +99,7 @@ class BenchSettings:
     search_epochs: int = 6
     search_image_size: int = 32
     search_per_class: int = 160  # 1280 training images: 20 steps per epoch at batch 64
+    search_seed: int = 0  # searcher seed of both sweeps (not a CLI flag: change it in Python)
 
     @classmethod
     def from_args(cls, args) -> "BenchSettings":
@@ -627,7 +634,7 @@ def bench_search(s: BenchSettings) -> dict[str, Any]:
     spaces = search_spaces(s.search_trials, s.search_epochs, s.search_image_size)
     out: dict[str, Any] = {"data": str(data), "trials": s.search_trials,
                            "epochs_per_trial": s.search_epochs, "image_size": s.search_image_size,
-                           "spaces": spaces}
+                           "seed": s.search_seed, "spaces": spaces}
     storage = Path(tempfile.mkdtemp(prefix="search-", dir=bench_root()))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
@@ -635,7 +642,7 @@ def bench_search(s: BenchSettings) -> dict[str, Any]:
             opts = SweepOptions(space_path=f"<bench:{key}>", data_dir=str(data),
                                 name=f"{key}-{stamp}", storage=str(storage),
                                 num_samples=s.search_trials, cpus_per_trial=1.0, use_wandb=False,
-                                seed=0)
+                                seed=s.search_seed)
             print(f"[bench] sweep {key}: {s.search_trials} trials x {s.search_epochs} epochs",
                   flush=True)
             t0 = time.perf_counter()

@@ -6,7 +6,8 @@ Every Ray instance a fault test starts gets its own ``RAY_TMPDIR`` (a short fold
 Unix socket paths are limited to 107 characters). Ray then keeps its sessions, its
 ``ray_current_cluster`` file and its sockets there, so ``address="auto"`` cannot pick up another
 Ray on the same machine, and ``kill_processes_mentioning(tmpdir)`` finds exactly the processes
-this test started (their command lines name the session folder) and nothing else.
+this test started (their command line or inherited environment names that folder) and nothing
+else.
 """
 
 from __future__ import annotations

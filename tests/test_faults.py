@@ -5,7 +5,8 @@
 2. A worker node is killed mid-sweep (its raylet and workers SIGKILLed): its trial is retried on
    the other node from its last checkpoint; finished trials are not touched.
 3. The driver (``inat-tune sweep``) is SIGKILLed mid-sweep, on the cluster and on one machine
-   (its own local Ray dies with it); ``inat-tune sweep --resume`` finishes the experiment.
+   (its own local Ray dies with it); ``inat-tune sweep --resume`` finishes the experiment. A
+   state file cut short by such a kill makes --resume refuse, not start the sweep over.
 4. ``ray job submit`` to a local head with the dashboard / job server runs a sweep to the end.
 5. Two sweeps with different names share one --storage and one decode cache at the same time
    (and their storage checks no longer share a probe file).
@@ -236,15 +237,18 @@ def test_killed_driver_and_its_local_ray_resume_on_a_fresh_local_ray(data, tmp_p
 def _pause_when_consistent(proc, exp: Path, log: Path, timeout: float = 300) -> tuple[dict, int]:
     """SIGSTOP the driver's process group at a moment when one trial is finished in the state
     the driver saved, another is running with a checkpoint, every checkpoint that state names is
-    on disk and every state file is complete; returns (that state, SIGSTOPs undone).
+    on disk, every state file is complete and every trial's result.json has the epochs the state
+    counts; returns (that state, SIGSTOPs undone).
 
-    Two windows of a few ms per checkpoint are left out this way. Tune deletes a trial's
-    previous latest checkpoint (if it is not its best) when it records a new one and saves the
-    state just after (runner: CheckpointConfig(num_to_keep=1)): a kill in between makes --resume
-    look for a deleted checkpoint. And Tune's copy of its state files to a local --storage is not
-    atomic: a kill during it leaves a file cut short, which --resume now refuses
-    (runner.check_saved_state). With real epochs (minutes) a kill almost never lands in either;
-    with the ~50 ms epochs here it would, hence the pause and check."""
+    Windows of a few ms per checkpoint are left out this way. Tune deletes a trial's previous
+    latest checkpoint (if it is not its best) when it records a new one and saves the state just
+    after (runner: CheckpointConfig(num_to_keep=1)): a kill in between makes --resume look for a
+    deleted checkpoint. Tune writes its state and the trials' result.json in a staging folder
+    of the driver and then copies them to --storage, file by file and not atomically: a kill
+    during the copy leaves a state file cut short, which --resume refuses
+    (runner.check_saved_state), or a result.json a line or two behind the state (those epochs
+    then have no row after the resume). With real epochs (minutes) a kill almost never lands in
+    one of these; with the ~50 ms epochs here it would, hence the pause and check."""
     t_end = time.monotonic() + timeout
     retries = 0
     while True:
@@ -261,8 +265,9 @@ def _pause_when_consistent(proc, exp: Path, log: Path, timeout: float = 300) -> 
                  alive=proc, log=log, interval=0.1)
         os.killpg(proc.pid, signal.SIGSTOP)
         snap, trials = snapshot(exp), trial_dirs(exp)
-        if (candidate() and all((trials[t] / c).is_dir() for t, s in snap.items() for c in s["kept"])
-                and _readable(exp)):
+        if (candidate() and _readable(exp)
+                and all((trials[t] / c).is_dir() for t, s in snap.items() for c in s["kept"])
+                and all(len(results(trials[t])) >= s["epoch"] for t, s in snap.items())):
             return snap, retries
         os.killpg(proc.pid, signal.SIGCONT)
         retries += 1

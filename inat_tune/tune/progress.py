@@ -51,7 +51,7 @@ class CompactProgress(Callback):
                   f"{self.metric} {r.get(self.metric, float('nan')):.4f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._say(f"[error] {trial.trial_id}: see {trial.local_path}/error.txt")
+        self._say(f"[error] {trial.trial_id}: see {trial.path}/error.txt")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._say(f"[retry] {trial.trial_id} failed; restarting from its last checkpoint")

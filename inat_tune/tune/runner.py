@@ -365,9 +365,10 @@ def run_sweep_from_args(args) -> int:
             saved = Path(opts.experiment_path) / SWEEP_FILE
             if saved.is_file():  # keep the original settings of the experiment
                 prev = json.loads(saved.read_text())
-                opts = SweepOptions(**{k: prev[k] for k in SweepOptions.__dataclass_fields__
-                                       if k in prev and k != "overrides"},
-                                    overrides=tuple(prev.get("overrides", ())))
+                kept = {k: prev[k] for k in SweepOptions.__dataclass_fields__ if k in prev and k != "overrides"}
+                if args.address is not None:  # the cluster may be a new one: the flag wins
+                    kept["address"] = args.address
+                opts = SweepOptions(**kept, overrides=tuple(prev.get("overrides", ())))
         else:
             opts, space = resolve_options(args)
         run_sweep(opts, space, resume=args.resume)

@@ -65,4 +65,4 @@ def make_wandb_callback(project: str, group: str, experiment_path: str = "<exper
     trial_glob = f"{experiment_path}/*/wandb/offline-run-*"
     os.environ.setdefault("WANDB_SILENT", "true")
     return SafeWandbLoggerCallback(project=project, group=group, mode=mode, log_config=True,
-                                   excludes=["node_ip", "hostname"])
+                                   excludes=["node_ip", "node_id", "hostname"])
