@@ -366,7 +366,7 @@ def test_missing_goal_follows_the_metric():
 def test_shipped_spaces_load_and_convert(path):
     spec = load_space(path)
     assert spec.method == "bayes" and spec.metric == "val_acc" and spec.mode == "max"
-    assert spec.model == "scratch_cnn" and spec.early_terminate["type"] == "hyperband"
+    assert spec.model in ("scratch_cnn", "finetune") and spec.early_terminate["type"] == "hyperband"
     ps = to_tune_param_space(spec)
     for config in optuna_suggestions(spec, n=12):
         RunConfig.from_dict({**{k: v for k, v in ps.items() if not hasattr(v, "sample")},
@@ -383,8 +383,12 @@ def test_shipped_spaces_cover_what_the_study_asks():
             "image_size"} <= set(full.parameters)
     assert (7, 5, 5, 3, 3) in full.parameters["kernel_size"].values
     demo = load_space(REPO / "search_spaces" / "demo.yaml")
-    assert demo.parameters["image_size"].value == 32 and max_epochs(demo) <= 4
-    assert demo.early_terminate["min_iter"] == 1
+    # CPU-sized: 32 px, a short budget, and ASHA rungs below it so early stopping shows
+    assert demo.parameters["image_size"].value == 32 and max_epochs(demo) <= 8
+    assert demo.early_terminate["min_iter"] < max_epochs(demo)
+    ft = load_space(REPO / "search_spaces" / "resnet50_finetune.yaml")
+    assert ft.model == "finetune" and {"head_only", "full", "gradual", "freeze_until:layer3"} <= set(
+        ft.parameters["strategy"].values)
 
 
 def test_spec_round_trips_through_yaml(tmp_path):

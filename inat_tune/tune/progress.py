@@ -28,12 +28,12 @@ class CompactProgress(Callback):
         self.params = swept[:max_params]
         self.metric, self.mode = metric, mode
         self.every_s = every_s
-        self.stream = stream or sys.stdout
+        self.stream = stream  # None = sys.stdout at print time (callbacks are pickled by Ray)
         self._last = 0.0
         self._latest: dict[str, dict] = {}
 
     def _say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(text, file=self.stream or sys.stdout, flush=True)
 
     def _label(self, trial) -> str:
         cfg = trial.config
