@@ -109,7 +109,7 @@ def test_quick_bench_writes_every_section(tiny, tmp_path):
     for key in ("date", "command", "machine", "settings", "dataset", "naive", "cached", "train",
                 "finetune", "ray", "targets"):
         assert key in res, key
-    assert res["command"].startswith("inat-tune bench --data ")
+    assert "inat-tune bench --data " in res["command"]  # may be prefixed by OMP_NUM_THREADS=...
     assert res["machine"]["torch"] == torch.__version__ and res["machine"]["usable_cores"] >= 1
     assert res["dataset"]["train_images"] == 40
     assert res["naive"]["images_per_s"] > 0 and res["naive"]["epoch_s"] > 0
