@@ -216,8 +216,9 @@ class TestOnALocalCluster:
 
     def test_killed_driver_resumes_on_the_cluster(self, cluster, data, tmp_path):
         cluster.ensure_workers()
-        _kill_driver_and_resume(tmp_path, data, cluster.ray_tmp, address=cluster.address,
-                                nodes={n.node_id for n in cluster.worker_nodes})
+        finished, continued = _kill_driver_and_resume(tmp_path, data, cluster.ray_tmp, address=cluster.address,
+                                                      nodes={n.node_id for n in cluster.worker_nodes})
+        assert finished >= 1 and continued >= 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +229,8 @@ class TestOnALocalCluster:
 def test_killed_driver_and_its_local_ray_resume_on_a_fresh_local_ray(data, tmp_path):
     ray_tmp = _ray_tmpdir()
     try:
-        _kill_driver_and_resume(tmp_path, data, ray_tmp)
+        finished, continued = _kill_driver_and_resume(tmp_path, data, ray_tmp)
+        assert finished >= 1 and continued >= 1
     finally:
         kill_processes_mentioning(str(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -286,7 +288,8 @@ def _readable(exp: Path) -> bool:
 
 
 def _kill_driver_and_resume(tmp_path: Path, data: Path, ray_tmp: Path, *, address: str | None = None,
-                            nodes: set[str] | None = None) -> None:
+                            nodes: set[str] | None = None) -> tuple[int, int]:
+    """Kill the driver mid-sweep, --resume, check everything; returns (finished, continued)."""
     space = _fault_space(tmp_path)
     storage, name = tmp_path / "results", "driverkill"
     exp = storage / name
@@ -337,6 +340,7 @@ def _kill_driver_and_resume(tmp_path: Path, data: Path, ray_tmp: Path, *, addres
               f"reported before SIGKILL, the saved state's checkpoint was epoch {s['epoch']}, "
               f"--resume continued at epoch {s['epoch'] + 1}; resumed sweep done {resume_s:.0f} s "
               f"after the kill ({retries} pause(s) undone)")
+    return len(finished), len(running)
 
 
 def test_resume_refuses_a_state_file_cut_short(tmp_path):
