@@ -246,8 +246,11 @@ def synthetic_set(per_class: int, image_size: int, seed: int = 0) -> Path:
     return out
 
 
-def dataset_info(root: Path, files: tuple[str, ...], synthetic: bool) -> dict[str, Any]:
+def dataset_info(root: Path, files: tuple[str, ...]) -> dict[str, Any]:
+    """Image count, sizes and file sizes of the benchmark's training files."""
     from PIL import Image
+
+    from .data.synth import SYNTHETIC_NOTE
 
     sample = files[:: max(1, len(files) // 50)]
     sizes = []
@@ -255,6 +258,8 @@ def dataset_info(root: Path, files: tuple[str, ...], synthetic: bool) -> dict[st
         with Image.open(root / rel) as im:
             sizes.append(im.size)
     nbytes = [(root / rel).stat().st_size for rel in files]
+    marker = root / "SYNTHETIC.txt"  # written by make_synthetic
+    synthetic = marker.is_file() and marker.read_text().startswith(SYNTHETIC_NOTE[:40])
     return {"root": str(root), "synthetic": synthetic, "train_images": len(files),
             "mean_width": float(np.mean([w for w, _ in sizes])),
             "mean_height": float(np.mean([h for _, h in sizes])),
@@ -697,7 +702,7 @@ def run_throughput(s: BenchSettings) -> dict[str, Any]:
     device = select_device()
     root = Path(s.data).expanduser() if s.data else synthetic_set(s.photos_per_class, PHOTO_SIZE)
     images = scan_dataset(root)
-    out: dict[str, Any] = {"dataset": dataset_info(images.root, images.train, s.data is None)}
+    out: dict[str, Any] = {"dataset": dataset_info(images.root, images.train)}
     _warm_page_cache(images.root, images.train)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=bench_root()))
     sections = _Sections()
@@ -742,7 +747,8 @@ def run_throughput(s: BenchSettings) -> dict[str, Any]:
                                   s.train_seconds, s.train_steps, s.repeats)
                  for v in train_variants(device)]
         out["train"] = {"variants": train, "config": "RunConfig() defaults at the bench image size",
-                        "note": None if device.type == "cuda" else
+                        "note": "fp32 convolutions run as TF32 on CUDA (cuDNN's default); peak "
+                        "fractions are against the bf16 dense peak" if device.type == "cuda" else
                         "CPU: fp32 only (bf16 autocast, channels_last and torch.compile are the "
                         "CUDA paths of fit()); no peak FLOP/s fraction on CPU"}
         del x, y
