@@ -19,6 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
+from helpers_sweep import run_tiny_sweep
 from inat_tune.data.scan import DatasetError
 from inat_tune.evaluate import classification_metrics, evaluate_experiment, plot_prediction_grid
 from inat_tune.experiment import ExperimentError, best_trial, load_experiment, trial_checkpoint
@@ -39,25 +40,6 @@ SPACE = {
 }
 
 
-def run_tiny_sweep(base: Path, space: dict) -> tuple[Path, Path]:
-    """A real ``inat-tune sweep`` (2 trials) on a generated dataset; returns (experiment, data)."""
-    import ray
-
-    from inat_tune.cli import main
-    from inat_tune.data.synth import make_synthetic
-
-    with pytest.MonkeyPatch.context() as mp:  # conftest's per-test env is not active in module fixtures
-        mp.setenv("INAT_TUNE_CACHE", str(base / "cache"))
-        mp.setenv("WANDB_MODE", "offline")
-        mp.delenv("WANDB_API_KEY", raising=False)
-        ds = make_synthetic(base / "ds", per_class=20, val_per_class=5, image_size=32)
-        (base / "space.yaml").write_text(yaml.safe_dump(space))
-        with contextlib.redirect_stdout(io.StringIO()):
-            rc = main(["sweep", str(base / "space.yaml"), "--data", str(ds), "--storage", str(base),
-                       "--name", "exp", "--num-samples", "2", "--no-wandb"])
-        ray.shutdown()
-    assert rc == 0
-    return base / "exp", ds
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import yaml
 from PIL import Image
 
+from helpers_sweep import run_tiny_sweep
 from inat_tune.config import RunConfig
 from inat_tune.evaluate import load_best
 from inat_tune.explain import (ChannelMax, explain_experiment, explain_model, first_activation, first_conv,
@@ -42,23 +42,7 @@ SPACE = {
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
     """A real 2-trial ``inat-tune sweep`` on a generated dataset."""
-    import ray
-
-    from inat_tune.cli import main
-    from inat_tune.data.synth import make_synthetic
-
-    base = tmp_path_factory.mktemp("ex")
-    with pytest.MonkeyPatch.context() as mp:  # conftest's per-test env is not active in module fixtures
-        mp.setenv("INAT_TUNE_CACHE", str(base / "cache"))
-        mp.setenv("WANDB_MODE", "offline")
-        ds = make_synthetic(base / "ds", per_class=20, val_per_class=5, image_size=32)
-        (base / "space.yaml").write_text(yaml.safe_dump(SPACE))
-        with contextlib.redirect_stdout(io.StringIO()):
-            rc = main(["sweep", str(base / "space.yaml"), "--data", str(ds), "--storage", str(base),
-                       "--name", "exp", "--num-samples", "2", "--no-wandb"])
-        ray.shutdown()
-    assert rc == 0
-    return base / "exp"
+    return run_tiny_sweep(tmp_path_factory.mktemp("ex"), SPACE)[0]
 
 
 def _size(path: Path) -> tuple[int, int]:
