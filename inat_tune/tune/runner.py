@@ -213,20 +213,15 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
     if opts.address is None:
         check_gpus(opts.gpus_per_trial, _local_gpus())
 
-    # Decode once, before the trials: every trial on this node then maps the same cache.
+    # Decode once, before the trials: every trial on this node then maps the same cache. A
+    # continuous image-size range is cached by the trials themselves (under the same lock).
     from ..config import RunConfig
     split_cfg = RunConfig()
-    manifest = None
-    for size in _image_sizes(space):
+    manifest = Path(os.environ.get("TMPDIR", "/tmp")) / f"inat-tune-manifest-{os.getpid()}.json"
+    for size in _image_sizes(space) or [split_cfg.image_size]:
         data = load_tuning_data(opts.data_dir, size, split_cfg.val_fraction, split_cfg.split_seed,
                                 images=images)
-        manifest = Path(os.environ.get("TMPDIR", "/tmp")) / f"inat-tune-manifest-{os.getpid()}.json"
-        data.write_manifest(manifest)
-        del data
-    if manifest is None:  # image size is a continuous range: the split is the same for all
-        data = load_tuning_data(opts.data_dir, split_cfg.image_size, images=images)
-        manifest = Path("/tmp") / f"inat-tune-manifest-{os.getpid()}.json"
-        data.write_manifest(manifest)
+        data.write_manifest(manifest)  # the split is the same for every size
         del data
 
     # One checkpoint per epoch makes Ray snapshot often on tiny runs; the warning is noise here.
