@@ -17,17 +17,15 @@ import pytest
 import yaml
 
 from inat_tune.config import RunConfig
+from inat_tune.tune.search import make_scheduler, make_search_alg, to_tune_param_space
 from inat_tune.tune.space import (
     SpaceError,
     SweepSpec,
     load_space,
-    make_scheduler,
-    make_search_alg,
     max_epochs,
     num_grid_trials,
     override,
     spec_to_dict,
-    to_tune_param_space,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -468,7 +466,7 @@ def test_optuna_takes_every_form_and_trials_get_wandb_values(caplog):
     ps = to_tune_param_space(spec)
     OptunaSearch.convert_search_space(ps)  # raises on any domain Optuna cannot take
 
-    with caplog.at_level(logging.WARNING, logger="inat_tune.tune.space"):
+    with caplog.at_level(logging.WARNING, logger="inat_tune.tune.search"):
         configs = optuna_suggestions(spec, n=25)
     warned = caplog.text
     for key in ("weight_decay", "label_smoothing", "image_size", "batch_size", "filters"):
@@ -521,10 +519,53 @@ def test_max_epochs_reads_the_epochs_parameter():
     assert max_epochs(load_space(space(lr={"value": 1e-3}))) == RunConfig().epochs
 
 
-def test_loading_does_not_import_ray():
-    code = ("import sys; from inat_tune.tune.space import load_space; "
-            f"load_space({str(SHIPPED[0])!r}); assert 'ray' not in sys.modules")
+def test_loading_does_not_import_ray_or_optuna():
+    code = ("import sys; from inat_tune.tune.space import load_space, override, tpe_conversions; "
+            f"s = load_space({str(SHIPPED[0])!r}); tpe_conversions(override(s, {{'epochs': 2}})); "
+            "bad = [m for m in ('ray', 'optuna') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_pickled_space_and_searcher_name_the_search_module():
+    """Ray's experiment checkpoints pickle these objects: their classes must live at the
+    stable top-level path --resume imports again."""
+    from inat_tune.tune import search
+
+    spec = load_space(space("bayes", **ALL_FORMS))
+    ps = to_tune_param_space(spec)
+    kinds = {type(ps["weight_decay"]), type(ps["kernel_size"]), type(ps["filters"].sampler),
+             type(make_search_alg(spec, seed=0))}
+    assert {c.__name__ for c in kinds} == {"MappedFloat", "MappedCategorical", "WeightedChoice",
+                                           "WandbOptunaSearch"}
+    for cls in kinds:
+        assert cls.__module__ == "inat_tune.tune.search" and "." not in cls.__qualname__
+        assert getattr(search, cls.__qualname__) is cls
+        assert b"inat_tune.tune.search" in pickle.dumps(cls)
+
+
+def test_weighted_choice_rests_on_rays_uniform_sampler_api():
+    """WeightedChoice relies on Ray DeveloperAPI: ray.tune.search.sample.Uniform, which
+    OptunaSearch.convert_search_space turns into a categorical, and Domain.sample passing a
+    numpy-like random_state with choice(p=...). If Ray changes either, this fails by name."""
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.sample import Categorical
+
+    try:
+        from ray.tune.search.sample import Uniform
+    except ImportError as e:  # pragma: no cover - only on a Ray upgrade
+        pytest.fail(f"ray.tune.search.sample.Uniform is gone ({e}): WeightedChoice needs a new base")
+    from inat_tune.tune.search import WeightedChoice
+
+    assert issubclass(WeightedChoice, Uniform)
+    dom = Categorical(["a", "b", "c"])
+    dom.set_sampler(WeightedChoice([0.0, 1.0, 0.0]))
+    converted = OptunaSearch.convert_search_space({"x": dom})
+    assert list(converted["x"].choices) == ["a", "b", "c"], (
+        "OptunaSearch no longer converts a Categorical whose sampler is a "
+        "ray.tune.search.sample.Uniform subclass (WeightedChoice)")
+    assert dom.sample(size=50, random_state=np.random.default_rng(0)) == ["b"] * 50
+    assert dom.sample(random_state=np.random.RandomState(0)) == "b"  # legacy numpy rng
+    assert dom.sample() == "b"  # no seed: Ray passes numpy's global rng
 
 
 def test_param_space_and_searcher_pickles_load_in_a_fresh_process(tmp_path):

@@ -1,42 +1,14 @@
-"""Search-space files in W&B sweep syntax -> a validated :class:`SweepSpec` -> Ray Tune + Optuna.
+"""Search-space files in W&B sweep syntax -> a validated :class:`SweepSpec` (no Ray, no Optuna).
 
 A W&B user brings the sweep file they already have; ``load_space`` reads it and refuses, with a
 :class:`SpaceError` that names the key (``parameters.lr.min``), everything that cannot run:
 unknown keys, unknown hyperparameters, impossible ranges, and values :class:`RunConfig`
-refuses. It imports neither Ray nor Optuna, so a bad file fails in a fraction of a second.
+refuses. It imports neither Ray nor Optuna, so a bad file fails in a fraction of a second;
+:mod:`inat_tune.tune.search` turns a spec into Ray Tune domains, the Optuna searcher and ASHA
+(its docstring has the table of how each W&B form is searched).
 
-How each W&B form reaches Ray Tune and Optuna (``to_tune_param_space`` / ``make_search_alg``):
-
-=========================  ===========================================  ==========================
-W&B form                   Ray Tune domain (random search)              what Optuna TPE searches
-=========================  ===========================================  ==========================
-value                      the constant                                 (not searched)
-values                     tune.choice                                  categorical
-values + probabilities     choice drawn with the probabilities          categorical, *unweighted*
-uniform                    tune.uniform(min, max)                       float
-int_uniform                tune.randint(min, max + 1)  (W&B max is      int [min, max]
-                           inclusive, randint's upper is exclusive)
-q_uniform                  tune.quniform / tune.qrandint on the         float / int with step q
-                           multiples of q nearest min and max
-log_uniform_values         tune.loguniform(min, max)                    float, log
-inv_log_uniform_values     tune.loguniform(min, max)  (1/X log-uniform  float, log
-                           on [1/max, 1/min] *is* X log-uniform on
-                           [min, max])
-log_uniform                tune.loguniform(e**min, e**max)              float, log
-inv_log_uniform            tune.loguniform(e**-max, e**-min)            float, log
-q_log_uniform(_values)     log-uniform draw rounded to a multiple of q  float, log; rounded after
-normal / log_normal        mu + sigma * Phi^-1(u) (then exp for log_),  float u in [eps, 1 - eps];
-q_normal / q_log_normal    rounded to q for q_; u ~ U[eps, 1 - eps]     mapped after
-=========================  ===========================================  ==========================
-
-Forms Optuna has no distribution for (the normal family, quantized log-uniform, category
-weights, list-valued categories) are given to it as a *latent* Ray domain it can convert, and
-the searcher from ``make_search_alg`` maps each suggestion back (``WandbOptunaSearch``); the
-same mapped domains sample exact W&B values under random search. Only category weights are
-lost under TPE (Optuna takes no prior weights); ``make_search_alg`` logs a warning naming every
-key that goes through such a conversion. The normal family is truncated at the ``1e-6`` and
-``1 - 1e-6`` quantiles (+-4.75 sigma, 2e-6 of the mass), which is what lets ``load_space``
-check its extremes against ``RunConfig`` before any trial starts.
+Over 500 lines on purpose: it is one concern, the W&B format, and its checks (syntax, ranges,
+RunConfig's rules on single values and on pairs) only make sense read together.
 """
 
 from __future__ import annotations
@@ -296,6 +268,26 @@ def num_grid_trials(spec: SweepSpec) -> int:
     if spec.method != "grid":
         raise SpaceError(f"method: num_grid_trials needs method grid, not {spec.method}")
     return math.prod(len(p.points()) for p in spec.parameters.values())
+
+
+def tpe_conversions(spec: SweepSpec) -> dict[str, str]:
+    """Keys whose W&B form Optuna cannot take as is, with what TPE searches instead."""
+    out: dict[str, str] = {}
+    for name, p in spec.sampled().items():
+        d = p.distribution
+        if p.probabilities is not None:
+            out[name] = ("Optuna takes no category weights: TPE (and its random start-up "
+                         "trials) draws the values uniformly; the probabilities are ignored")
+        elif d in _NORMAL_FORMS:
+            out[name] = (f"Optuna has no {d} distribution: TPE searches the quantile u in "
+                         f"[{NORMAL_TAIL:g}, 1 - {NORMAL_TAIL:g}] and the trial gets "
+                         f"{'exp(' if 'log' in d else ''}mu + sigma * Phi^-1(u)"
+                         f"{')' if 'log' in d else ''}{' rounded to q' if p.q else ''}: the same "
+                         "prior, truncated at +-4.75 sigma")
+        elif d in ("q_log_uniform_values", "q_log_uniform"):
+            out[name] = ("Optuna has no quantized log-uniform distribution: TPE searches the "
+                         "unrounded log-uniform value and the trial gets it rounded to q")
+    return out
 
 
 def _read(path_or_dict: str | Path | Mapping[str, Any]) -> dict[str, Any]:
@@ -636,258 +628,3 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     return value
 
-
-@dataclass(frozen=True)
-class _Transform:
-    """Maps a latent draw to the W&B value: lookup | (normal quantile -> exp -> round to q)."""
-
-    normal: tuple[float, float] | None = None  # latent is a quantile u: x = mu + sigma Phi^-1(u)
-    exp: bool = False
-    q: float | None = None
-    integer: bool = False
-    lookup: tuple[tuple[str, Any], ...] | None = None  # label -> category (lists for Optuna)
-
-    def __call__(self, x: Any) -> Any:
-        if self.lookup is not None:
-            return _plain(dict(self.lookup)[x])
-        x = float(x)
-        if self.normal is not None:
-            mu, sigma = self.normal
-            x = mu + sigma * _STD_NORMAL.inv_cdf(min(max(x, NORMAL_TAIL), 1 - NORMAL_TAIL))
-        if self.exp:
-            x = math.exp(x)
-        if self.q is not None:
-            return _qround(x, self.q, self.integer)
-        return int(round(x)) if self.integer else x
-
-
-def _is_primitive(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
-# ----------------------------------------------------------------------------------------------
-# Ray Tune / Optuna objects. Ray is imported on first use (importing it takes seconds); the
-# Ray-backed classes are created then and published as module attributes (PEP 562), so that
-# pickles of param spaces and searchers (Tune's experiment checkpoints) load again.
-
-_RAY_CLASSES = ("MappedFloat", "MappedCategorical", "WeightedChoice", "WandbOptunaSearch")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _RAY_CLASSES:
-        _define_ray_classes()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _ray_class(name: str) -> Any:
-    _define_ray_classes()
-    return globals()[name]
-
-
-def _define_ray_classes() -> None:
-    if "WandbOptunaSearch" in globals():
-        return
-    from ray.tune.search.optuna import OptunaSearch
-    from ray.tune.search.sample import Categorical, Float
-
-    class _Mapped:
-        """A Ray domain whose draws go through ``self.transform``; searchers that convert
-        domains (Optuna) see the plain latent domain."""
-
-        transform: _Transform
-
-        def sample(self, config=None, size=1, random_state=None):
-            drawn = super().sample(config, size=size, random_state=random_state)
-            if size == 1:
-                return self.transform(drawn)
-            return [self.transform(x) for x in drawn]
-
-        def is_valid(self, value):
-            return True
-
-        @property
-        def domain_str(self):
-            return f"{self.transform} of {super().domain_str}"
-
-    class MappedFloat(_Mapped, Float):
-        def __init__(self, lower, upper, transform):
-            super().__init__(lower, upper)
-            self.transform = transform
-
-    class MappedCategorical(_Mapped, Categorical):
-        def __init__(self, categories, transform):
-            super().__init__(categories)
-            self.transform = transform
-
-    class WeightedChoice(Categorical._Uniform):
-        """Categories drawn with W&B's probabilities. A subclass of Ray's uniform categorical
-        sampler, so OptunaSearch still converts the domain (it has no weights: uniform)."""
-
-        def __init__(self, probabilities):
-            total = sum(probabilities)
-            self.probabilities = tuple(p / total for p in probabilities)
-
-        def sample(self, domain, config=None, size=1, random_state=None):
-            # Domain.sample wraps random_state in Ray's numpy-rng shim before calling us.
-            idx = random_state.choice(len(domain.categories), size=size, p=self.probabilities)
-            items = [domain.categories[int(i)] for i in idx]
-            return items if len(items) > 1 else domain.cast(items[0])
-
-    class WandbOptunaSearch(OptunaSearch):
-        """OptunaSearch that maps each suggestion of a mapped domain back to its W&B value.
-
-        Optuna records the latent value (the quantile, the unrounded draw, the label); the
-        trial's config gets the W&B value. points_to_evaluate would be read as latent values.
-        """
-
-        def __init__(self, space=None, **kwargs):
-            self._transforms = _transforms_of(space) if isinstance(space, dict) else {}
-            super().__init__(space=space, **kwargs)
-
-        def set_search_properties(self, metric, mode, config, **spec):
-            accepted = super().set_search_properties(metric, mode, config, **spec)
-            if accepted:
-                self._transforms = _transforms_of(config)
-            return accepted
-
-        def suggest(self, trial_id):
-            config = super().suggest(trial_id)
-            if isinstance(config, dict):
-                for key, transform in self._transforms.items():
-                    if key in config:
-                        config[key] = transform(config[key])
-            return config
-
-    for cls in (MappedFloat, MappedCategorical, WeightedChoice, WandbOptunaSearch):
-        cls.__qualname__ = cls.__name__
-        cls.__module__ = __name__
-        globals()[cls.__name__] = cls
-
-
-def _transforms_of(space: Mapping[str, Any]) -> dict[str, _Transform]:
-    return {k: v.transform for k, v in space.items() if isinstance(getattr(v, "transform", None),
-                                                                    _Transform)}
-
-
-def to_tune_param_space(spec: SweepSpec) -> dict[str, Any]:
-    """The Tuner's ``param_space``: constants, Ray domains, or grid_search lists.
-
-    Includes ``model``, so ``RunConfig.from_dict(config)`` rebuilds a trial's config. Under
-    bayes, pass the searcher from ``make_search_alg(spec, ...)``: a plain OptunaSearch would
-    hand trials the latent values of the mapped domains (see the module docstring).
-    """
-    from ray import tune
-
-    space: dict[str, Any] = {"model": spec.model}
-    for name, p in spec.parameters.items():
-        space[name] = _to_domain(p, spec.method, tune)
-    return space
-
-
-def _to_domain(p: Param, method: str, tune: Any) -> Any:
-    d = p.distribution
-    if d == "constant":
-        return _plain(p.value)
-    if method == "grid":
-        return tune.grid_search([_plain(v) for v in p.points()])
-    if d == "categorical":
-        from ray.tune.search.sample import Categorical
-
-        entries = list(p.values)
-        if all(_is_primitive(v) for v in entries):
-            dom = Categorical(entries)
-        else:  # Optuna's storages take only scalar categories: labels, mapped back per draw
-            labels = [repr(_plain(v)) for v in entries]
-            lookup = _Transform(lookup=tuple(zip(labels, entries)))
-            dom = _ray_class("MappedCategorical")(labels, lookup)
-        if p.probabilities is not None:
-            dom.set_sampler(_ray_class("WeightedChoice")(p.probabilities))
-            return dom
-        return dom.uniform()
-    if d == "int_uniform":
-        return tune.randint(int(p.min), int(p.max) + 1)  # W&B max inclusive, randint exclusive
-    if d == "q_uniform":
-        lo, hi = p.extremes()
-        if p.integer:
-            return tune.randint(lo, hi + 1) if p.q == 1 else tune.qrandint(lo, hi, p.q)
-        return tune.quniform(lo, hi, p.q)
-    if d == "uniform":
-        return tune.uniform(p.min, p.max)
-    if d in ("log_uniform_values", "inv_log_uniform_values"):
-        return tune.loguniform(p.min, p.max)
-    if d in ("log_uniform", "inv_log_uniform"):
-        lo, hi = p.extremes()
-        return tune.loguniform(lo, hi)
-    if d in ("q_log_uniform_values", "q_log_uniform"):
-        lo, hi = (p.min, p.max) if d.endswith("_values") else (math.exp(p.min), math.exp(p.max))
-        return _ray_class("MappedFloat")(lo, hi, _Transform(q=p.q, integer=p.integer)).loguniform()
-    if d in _NORMAL_FORMS:
-        transform = _Transform(normal=(p.mu, p.sigma), exp="log" in d, q=p.q, integer=p.integer)
-        return _ray_class("MappedFloat")(NORMAL_TAIL, 1 - NORMAL_TAIL, transform).uniform()
-    raise AssertionError(d)
-
-
-def tpe_conversions(spec: SweepSpec) -> dict[str, str]:
-    """Keys whose W&B form Optuna cannot take as is, with what TPE searches instead."""
-    out: dict[str, str] = {}
-    for name, p in spec.sampled().items():
-        d = p.distribution
-        if p.probabilities is not None:
-            out[name] = ("Optuna takes no category weights: TPE (and its random start-up "
-                         "trials) draws the values uniformly; the probabilities are ignored")
-        elif d in _NORMAL_FORMS:
-            out[name] = (f"Optuna has no {d} distribution: TPE searches the quantile u in "
-                         f"[{NORMAL_TAIL:g}, 1 - {NORMAL_TAIL:g}] and the trial gets "
-                         f"{'exp(' if 'log' in d else ''}mu + sigma * Phi^-1(u)"
-                         f"{')' if 'log' in d else ''}{' rounded to q' if p.q else ''}: the same "
-                         "prior, truncated at +-4.75 sigma")
-        elif d in ("q_log_uniform_values", "q_log_uniform"):
-            out[name] = ("Optuna has no quantized log-uniform distribution: TPE searches the "
-                         "unrounded log-uniform value and the trial gets it rounded to q")
-    return out
-
-
-def make_search_alg(spec: SweepSpec, seed: int, max_concurrent: int | None = None, *,
-                    n_startup_trials: int | None = None) -> Any:
-    """The searcher for ``TuneConfig(search_alg=...)``.
-
-    bayes: WandbOptunaSearch (an OptunaSearch) with a seeded TPESampler, wrapped in a
-    ConcurrencyLimiter when max_concurrent is given; random and grid: a seeded
-    BasicVariantGenerator. metric and mode are set here: leave them out of TuneConfig.
-    n_startup_trials (random trials before TPE models anything) defaults to 10, or a third of
-    run_cap (at least 2) for smaller sweeps.
-    """
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-
-    if spec.method != "bayes":
-        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
-    import optuna
-
-    if n_startup_trials is None:
-        n_startup_trials = 10 if spec.run_cap is None else max(2, min(10, spec.run_cap // 3))
-    for name, why in tpe_conversions(spec).items():
-        logger.warning("parameters.%s: %s", name, why)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
-    searcher = _ray_class("WandbOptunaSearch")(metric=spec.metric, mode=spec.mode, sampler=sampler)
-    if max_concurrent:
-        return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-    return searcher
-
-
-def make_scheduler(spec: SweepSpec, max_epochs: int) -> Any:
-    """ASHA from ``early_terminate: {type: hyperband, min_iter, eta}``, or None without it.
-
-    One training_iteration is one epoch; max_t is the most epochs a trial runs
-    (``max_epochs(spec)``). metric and mode are set here: leave them out of TuneConfig.
-    """
-    if spec.early_terminate is None:
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    grace = spec.early_terminate["min_iter"]
-    if grace > max_epochs:
-        raise SpaceError(f"early_terminate.min_iter: {grace} exceeds max_epochs {max_epochs}")
-    return ASHAScheduler(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
-                         max_t=max_epochs, grace_period=grace,
-                         reduction_factor=spec.early_terminate["eta"])

@@ -1,0 +1,286 @@
+"""A validated :class:`SweepSpec` -> Ray Tune param space, Optuna searcher and ASHA scheduler.
+
+Imported only when a sweep runs (it imports Ray and Optuna; :mod:`inat_tune.tune.space` does
+not). The classes below are pickled by Ray Tune into its experiment checkpoints (the param
+space in ``tuner.pkl``, the searcher in ``searcher-state-*.pkl``), so they are defined at the
+top level of this module and must keep this import path: ``--resume`` unpickles them.
+
+How each W&B form reaches Ray Tune and Optuna (``to_tune_param_space`` / ``make_search_alg``):
+
+=========================  ===========================================  ==========================
+W&B form                   Ray Tune domain (random search)              what Optuna TPE searches
+=========================  ===========================================  ==========================
+value                      the constant                                 (not searched)
+values                     tune.choice                                  categorical
+values + probabilities     choice drawn with the probabilities          categorical, *unweighted*
+uniform                    tune.uniform(min, max)                       float
+int_uniform                tune.randint(min, max + 1)  (W&B max is      int [min, max]
+                           inclusive, randint's upper is exclusive)
+q_uniform                  tune.quniform / tune.qrandint on the         float / int with step q
+                           multiples of q nearest min and max
+log_uniform_values         tune.loguniform(min, max)                    float, log
+inv_log_uniform_values     tune.loguniform(min, max)  (1/X log-uniform  float, log
+                           on [1/max, 1/min] *is* X log-uniform on
+                           [min, max])
+log_uniform                tune.loguniform(e**min, e**max)              float, log
+inv_log_uniform            tune.loguniform(e**-max, e**-min)            float, log
+q_log_uniform(_values)     log-uniform draw rounded to a multiple of q  float, log; rounded after
+normal / log_normal        mu + sigma * Phi^-1(u) (then exp for log_),  float u in [eps, 1 - eps];
+q_normal / q_log_normal    rounded to q for q_; u ~ U[eps, 1 - eps]     mapped after
+=========================  ===========================================  ==========================
+
+Forms Optuna has no distribution for (the normal family, quantized log-uniform, category
+weights, list-valued categories) are given to it as a *latent* Ray domain it can convert, and
+the searcher from ``make_search_alg`` maps each suggestion back (``WandbOptunaSearch``); the
+same mapped domains sample exact W&B values under random search. Only category weights are
+lost under TPE (Optuna takes no prior weights); ``make_search_alg`` logs a warning naming every
+key that goes through such a conversion (``tpe_conversions``). The normal family is truncated
+at the ``NORMAL_TAIL`` quantiles (+-4.75 sigma, 2e-6 of the mass), which is what lets
+``load_space`` check its extremes against ``RunConfig`` before any trial starts.
+
+Ray APIs relied on beyond ``ray.tune``'s functions: the domain classes ``Float`` and
+``Categorical`` and the sampler base ``Uniform`` of ``ray.tune.search.sample`` (Ray
+DeveloperAPI). OptunaSearch converts a categorical whose sampler is a ``Uniform``, which is why
+``WeightedChoice`` is one; tests/test_space.py fails naming the API if that changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.sample import Categorical, Float, Uniform
+
+from .space import (
+    _NORMAL_FORMS,
+    _STD_NORMAL,
+    NORMAL_TAIL,
+    Param,
+    SpaceError,
+    SweepSpec,
+    _plain,
+    _qround,
+    tpe_conversions,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Maps a latent draw to the W&B value: lookup | (normal quantile -> exp -> round to q)."""
+
+    normal: tuple[float, float] | None = None  # latent is a quantile u: x = mu + sigma Phi^-1(u)
+    exp: bool = False
+    q: float | None = None
+    integer: bool = False
+    lookup: tuple[tuple[str, Any], ...] | None = None  # label -> category (lists for Optuna)
+
+    def __call__(self, x: Any) -> Any:
+        if self.lookup is not None:
+            return _plain(dict(self.lookup)[x])
+        x = float(x)
+        if self.normal is not None:
+            mu, sigma = self.normal
+            x = mu + sigma * _STD_NORMAL.inv_cdf(min(max(x, NORMAL_TAIL), 1 - NORMAL_TAIL))
+        if self.exp:
+            x = math.exp(x)
+        if self.q is not None:
+            return _qround(x, self.q, self.integer)
+        return int(round(x)) if self.integer else x
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray domains and the searcher
+
+
+class _Mapped:
+    """A Ray domain whose draws go through ``self.transform``; searchers that convert domains
+    (Optuna) see the plain latent domain."""
+
+    transform: Transform
+
+    def sample(self, config=None, size=1, random_state=None):
+        drawn = super().sample(config, size=size, random_state=random_state)
+        if size == 1:
+            return self.transform(drawn)
+        return [self.transform(x) for x in drawn]
+
+    def is_valid(self, value):
+        return True
+
+    @property
+    def domain_str(self):
+        return f"{self.transform} of {super().domain_str}"
+
+
+class MappedFloat(_Mapped, Float):
+    def __init__(self, lower, upper, transform):
+        super().__init__(lower, upper)
+        self.transform = transform
+
+
+class MappedCategorical(_Mapped, Categorical):
+    def __init__(self, categories, transform):
+        super().__init__(categories)
+        self.transform = transform
+
+
+class WeightedChoice(Uniform):
+    """Categories drawn with W&B's probabilities.
+
+    Ray has no weighted choice (``tune.choice`` is uniform; ``tune.sample_from`` is a function
+    domain OptunaSearch refuses). A ``Uniform`` sampler, so OptunaSearch still converts the
+    domain, to an unweighted categorical (Optuna takes no prior weights).
+    """
+
+    def __init__(self, probabilities):
+        total = sum(probabilities)
+        self.probabilities = tuple(p / total for p in probabilities)
+
+    def sample(self, domain, config=None, size=1, random_state=None):
+        # Domain.sample wraps random_state in Ray's numpy-rng shim before calling us; a direct
+        # call may pass a Generator, a RandomState or None.
+        rng = np.random if random_state is None else random_state
+        idx = rng.choice(len(domain.categories), size=size, p=self.probabilities)
+        items = [domain.categories[int(i)] for i in idx]
+        return items if len(items) > 1 else domain.cast(items[0])
+
+
+class WandbOptunaSearch(OptunaSearch):
+    """OptunaSearch that maps each suggestion of a mapped domain back to its W&B value.
+
+    Optuna records the latent value (the quantile, the unrounded draw, the label); the trial's
+    config gets the W&B value. points_to_evaluate would be read as latent values.
+    """
+
+    def __init__(self, space=None, **kwargs):
+        self._transforms = _transforms_of(space) if isinstance(space, dict) else {}
+        super().__init__(space=space, **kwargs)
+
+    def set_search_properties(self, metric, mode, config, **spec):
+        accepted = super().set_search_properties(metric, mode, config, **spec)
+        if accepted:
+            self._transforms = _transforms_of(config)
+        return accepted
+
+    def suggest(self, trial_id):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            for key, transform in self._transforms.items():
+                if key in config:
+                    config[key] = transform(config[key])
+        return config
+
+
+def _transforms_of(space: Mapping[str, Any]) -> dict[str, Transform]:
+    return {k: v.transform for k, v in space.items()
+            if isinstance(getattr(v, "transform", None), Transform)}
+
+
+# ----------------------------------------------------------------------------------------------
+# What the Tuner takes
+
+
+def to_tune_param_space(spec: SweepSpec) -> dict[str, Any]:
+    """The Tuner's ``param_space``: constants, Ray domains, or grid_search lists.
+
+    Includes ``model``, so ``RunConfig.from_dict(config)`` rebuilds a trial's config. Under
+    bayes, pass the searcher from ``make_search_alg(spec, ...)``: a plain OptunaSearch would
+    hand trials the latent values of the mapped domains (see the module docstring).
+    """
+    space: dict[str, Any] = {"model": spec.model}
+    for name, p in spec.parameters.items():
+        space[name] = _to_domain(p, spec.method)
+    return space
+
+
+def _is_primitive(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _to_domain(p: Param, method: str) -> Any:
+    d = p.distribution
+    if d == "constant":
+        return _plain(p.value)
+    if method == "grid":
+        return tune.grid_search([_plain(v) for v in p.points()])
+    if d == "categorical":
+        entries = list(p.values)
+        if all(_is_primitive(v) for v in entries):
+            dom = Categorical(entries)
+        else:  # Optuna's storages take only scalar categories: labels, mapped back per draw
+            labels = [repr(_plain(v)) for v in entries]
+            dom = MappedCategorical(labels, Transform(lookup=tuple(zip(labels, entries))))
+        if p.probabilities is not None:
+            dom.set_sampler(WeightedChoice(p.probabilities))
+            return dom
+        return dom.uniform()
+    if d == "int_uniform":
+        return tune.randint(int(p.min), int(p.max) + 1)  # W&B max inclusive, randint exclusive
+    if d == "q_uniform":
+        lo, hi = p.extremes()
+        if p.integer:
+            return tune.randint(lo, hi + 1) if p.q == 1 else tune.qrandint(lo, hi, p.q)
+        return tune.quniform(lo, hi, p.q)
+    if d == "uniform":
+        return tune.uniform(p.min, p.max)
+    if d in ("log_uniform_values", "inv_log_uniform_values"):
+        return tune.loguniform(p.min, p.max)
+    if d in ("log_uniform", "inv_log_uniform"):
+        lo, hi = p.extremes()
+        return tune.loguniform(lo, hi)
+    if d in ("q_log_uniform_values", "q_log_uniform"):
+        lo, hi = (p.min, p.max) if d.endswith("_values") else (math.exp(p.min), math.exp(p.max))
+        return MappedFloat(lo, hi, Transform(q=p.q, integer=p.integer)).loguniform()
+    if d in _NORMAL_FORMS:
+        transform = Transform(normal=(p.mu, p.sigma), exp="log" in d, q=p.q, integer=p.integer)
+        return MappedFloat(NORMAL_TAIL, 1 - NORMAL_TAIL, transform).uniform()
+    raise AssertionError(d)
+
+
+def make_search_alg(spec: SweepSpec, seed: int, max_concurrent: int | None = None, *,
+                    n_startup_trials: int | None = None) -> Any:
+    """The searcher for ``TuneConfig(search_alg=...)``.
+
+    bayes: WandbOptunaSearch (an OptunaSearch) with a seeded TPESampler, wrapped in a
+    ConcurrencyLimiter when max_concurrent is given; random and grid: a seeded
+    BasicVariantGenerator. metric and mode are set here: leave them out of TuneConfig.
+    n_startup_trials (random trials before TPE models anything) defaults to 10, or a third of
+    run_cap (at least 2) for smaller sweeps.
+    """
+    if spec.method != "bayes":
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+    if n_startup_trials is None:
+        n_startup_trials = 10 if spec.run_cap is None else max(2, min(10, spec.run_cap // 3))
+    for name, why in tpe_conversions(spec).items():
+        logger.warning("parameters.%s: %s", name, why)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+    searcher = WandbOptunaSearch(metric=spec.metric, mode=spec.mode, sampler=sampler)
+    if max_concurrent:
+        return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    return searcher
+
+
+def make_scheduler(spec: SweepSpec, max_epochs: int) -> ASHAScheduler | None:
+    """ASHA from ``early_terminate: {type: hyperband, min_iter, eta}``, or None without it.
+
+    One training_iteration is one epoch; max_t is the most epochs a trial runs
+    (``max_epochs(spec)``). metric and mode are set here: leave them out of TuneConfig.
+    """
+    if spec.early_terminate is None:
+        return None
+    grace = spec.early_terminate["min_iter"]
+    if grace > max_epochs:
+        raise SpaceError(f"early_terminate.min_iter: {grace} exceeds max_epochs {max_epochs}")
+    return ASHAScheduler(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
+                         max_t=max_epochs, grace_period=grace,
+                         reduction_factor=spec.early_terminate["eta"])
