@@ -15,15 +15,13 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from ..config import ConfigError, parse_overrides
 from ..data.pipeline import load_tuning_data
 from ..data.scan import DatasetError, scan_dataset
-from .space import SweepSpec, load_space, make_scheduler, make_search_alg, max_epochs, \
-    override, spec_to_dict, to_tune_param_space
+from .space import SweepSpec, load_space, max_epochs, override, spec_to_dict
 from .trainables import TrialSettings, make_trainable
 
 log = logging.getLogger(__name__)
@@ -208,6 +206,8 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
     import ray
     from ray import tune
 
+    from .search import make_scheduler, make_search_alg, to_tune_param_space
+
     images = scan_dataset(opts.data_dir)  # layout errors before anything starts
     check_storage(opts.storage)
     if opts.address is None:
@@ -341,13 +341,6 @@ def _print_summary(results, opts: SweepOptions, space: SweepSpec, wall: float) -
     exp = opts.experiment_path
     print(f"experiment: {exp}")
     print(f"next: inat-tune evaluate {exp}\n      inat-tune explain {exp}\n      inat-tune report {exp}")
-
-
-def read_sweep_file(experiment: str | Path) -> dict[str, Any]:
-    p = Path(experiment) / SWEEP_FILE
-    if not p.is_file():
-        raise SweepError(f"{experiment} has no {SWEEP_FILE}: is it an inat-tune experiment folder?")
-    return json.loads(p.read_text())
 
 
 def run_sweep_from_args(args) -> int:

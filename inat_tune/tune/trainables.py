@@ -9,7 +9,6 @@ and reports every epoch with a checkpoint. GPU memory is released when it ends o
 from __future__ import annotations
 
 import gc
-import os
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -122,6 +121,3 @@ def make_trainable(model: str, settings: TrialSettings):
     fn = tune.with_parameters(TRAINABLES[model], settings=settings)
     return tune.with_resources(fn, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
-
-# Keep os imported for callers that patch the environment of trials in tests.
-__all__ = ["TrialSettings", "TRAINABLES", "make_trainable", "run_trial", "os"]
