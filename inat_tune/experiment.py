@@ -1,8 +1,10 @@
 """Read an experiment folder as plain files (no Ray running) and pick its best trial.
 
-This is the one reader of experiment folders: :mod:`inat_tune.evaluate` picks the best trial
-with it, and :mod:`inat_tune.analysis` builds its tables from it. An experiment folder is what
-``inat-tune sweep`` leaves under ``<storage>/<name>/``::
+This is the one reader of experiment folders, and :func:`choose_best` the one best-trial rule:
+:mod:`inat_tune.evaluate` picks the best trial with :func:`best_trial`, and
+:mod:`inat_tune.analysis` (so the report too) builds its tables from :func:`load_experiment`
+and names the same best trial. An experiment folder is what ``inat-tune sweep`` leaves under
+``<storage>/<name>/``::
 
     sweep.json                the sweep's settings (data_dir, name, gpus_per_trial, ...)
     space.yaml                the resolved search space; metric {name, goal} picks the best
@@ -15,8 +17,9 @@ with it, and :mod:`inat_tune.analysis` builds its tables from it. An experiment 
     experiment_state-*.json   Ray's trial table: each trial's status, and trials that have no
                               folder yet (created by Ray, never started)
 
-``load_experiment(path)`` returns an :class:`Experiment` with its trials in creation order;
-``best_trial(exp)`` returns the trial with the best value of the sweep's own metric (a
+``load_experiment(path)`` returns an :class:`Experiment` with its trials in creation order and
+its space.yaml parsed by :func:`inat_tune.tune.space.load_space` (``Experiment.spec``);
+``best_trial(exp)`` returns the finished trial with the best value of the sweep's own metric (a
 validation metric: the test set is never used to choose; ties go to the trial created first)
 and the checkpoint of its best epoch. Nothing here imports Ray; torch is imported only to read
 a checkpoint's saved epoch when checkpoints need checking.
@@ -38,11 +41,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple, TypeVar
 
 import yaml
 
 from .config import RunConfig
+from .tune.space import SpaceError, SweepSpec, load_space
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,9 @@ class Experiment:
     metric: str  # e.g. val_acc
     mode: str  # max | min
     trials: tuple[Trial, ...]  # in creation order
+    # space.yaml as load_space validates it; None without one, or when it no longer validates
+    # (a file written by an older version): the analysis then infers the swept keys
+    spec: SweepSpec | None = None
 
     @property
     def data_dir(self) -> str | None:
@@ -141,15 +148,37 @@ def load_experiment(path: str | Path, *, strict: bool = True) -> Experiment:
     space_file = path / SPACE_FILE
     if strict and not space_file.is_file():
         raise ExperimentError(f"{path}: no {SPACE_FILE}, so the metric that picks the best trial is unknown")
-    space = (yaml.safe_load(space_file.read_text()) or {}) if space_file.is_file() else {}
+    space, spec = _read_space(space_file)
     try:
-        metric, mode = _metric(space, space_file)
+        metric, mode = (spec.metric, spec.mode) if spec is not None else _metric(space, space_file)
     except ExperimentError:
         if strict:
             raise
         metric, mode = "val_acc", "max"
     return Experiment(path=path, name=sweep.get("name", path.name), sweep=sweep, space=space,
-                      metric=metric, mode=mode, trials=tuple(trials))
+                      metric=metric, mode=mode, trials=tuple(trials), spec=spec)
+
+
+K = TypeVar("K")
+
+
+def choose_best(trials: Iterable[tuple[K, str, Any]], mode: str, *, include_unfinished: bool = False,
+                prefer: K | None = None) -> K | None:
+    """The best-trial rule, for trials in any form: ``trials`` are (key, status, value) in
+    creation order, value being the trial's best value of the metric over its epochs.
+
+    Among the trials whose status is finished (and unfinished with ``include_unfinished``;
+    errored never) and whose value is a finite number: the key of the best by ``mode``
+    ("max" or "min"); of tied trials, ``prefer`` when it is one of them, else the one created
+    first. None when no trial qualifies.
+    """
+    allowed = {FINISHED, UNFINISHED} if include_unfinished else {FINISHED}
+    scored = [(key, float(v)) for key, status, v in trials if status in allowed and _number(v)]
+    if not scored:
+        return None
+    top = max(v for _, v in scored) if mode == "max" else min(v for _, v in scored)
+    tied = [key for key, v in scored if v == top]
+    return prefer if prefer is not None and prefer in tied else tied[0]
 
 
 def best_trial(exp: Experiment, *, include_unfinished: bool = False) -> BestTrial:
@@ -163,25 +192,36 @@ def best_trial(exp: Experiment, *, include_unfinished: bool = False) -> BestTria
     errored trials never. Raises ExperimentError when no trial qualifies or the chosen trial
     has no checkpoint.
     """
+    trial, row = choose_trial(exp, include_unfinished=include_unfinished)
+    return _best_checkpoint(exp, trial, row)
+
+
+def choose_trial(exp: Experiment, *, include_unfinished: bool = False) -> tuple[Trial, dict[str, Any]]:
+    """The trial :func:`best_trial` takes and the result row of its best epoch, by
+    :func:`choose_best`; checkpoints are not looked at. Raises ExperimentError as best_trial."""
     if not exp.trials:
         raise ExperimentError(f"{exp.path}: no trial folders (did the sweep start?)")
     allowed = {FINISHED, UNFINISHED} if include_unfinished else {FINISHED}
-    candidates = [t for t in exp.trials if t.status in allowed]
-    if not candidates:
+    if not any(t.status in allowed for t in exp.trials):
         counts = {s: sum(t.status == s for t in exp.trials) for s in (FINISHED, ERRORED, UNFINISHED)}
         errors = [f"{t.trial_id}: {t.error}" for t in exp.trials if t.error][:3]
         raise ExperimentError(
             f"{exp.path}: no finished trial ({len(exp.trials)} trials: {counts[ERRORED]} errored, "
             f"{counts[UNFINISHED]} unfinished)" + (f"; errors: {'; '.join(errors)}" if errors else "")
             + f". Continue it with `inat-tune sweep ... --resume --name {exp.name}`")
-    scored = [(t, t.best_result(exp.metric, exp.mode)) for t in candidates]
-    scored = [(t, r) for t, r in scored if r is not None]
-    if not scored:
+    rows = [t.best_result(exp.metric, exp.mode) for t in exp.trials]
+    i = choose_best(((i, t.status, r and r[exp.metric]) for i, (t, r) in enumerate(zip(exp.trials, rows))),
+                    exp.mode, include_unfinished=include_unfinished)
+    if i is None:
         raise ExperimentError(f"{exp.path}: no finished trial reported {exp.metric}")
-    sign = 1.0 if exp.mode == "max" else -1.0
-    # exp.trials are in creation order and max() keeps the first of ties
-    trial, row = max(scored, key=lambda tr: sign * float(tr[1][exp.metric]))
-    return _best_checkpoint(exp, trial, row)
+    return exp.trials[i], rows[i]  # type: ignore[return-value]  # a chosen trial has a best row
+
+
+def read_spec(path: str | Path) -> SweepSpec | None:
+    """The space of an experiment folder (or of its ``space.yaml`` file) as load_space
+    validates it; None when there is none or it no longer validates. Reads no trial."""
+    path = Path(path)
+    return _read_space(path if path.is_file() else path / SPACE_FILE)[1]
 
 
 def trial_checkpoint(trial: Trial, row: dict[str, Any]) -> Path | None:
@@ -214,6 +254,16 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _number(v: Any) -> bool:
+    """A finite number in any numeric type (numpy's, from a table, too); not a bool."""
+    if v is None or isinstance(v, (bool, str, bytes)) or type(v).__name__ == "bool_":
+        return False
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
 def _metric(space: dict[str, Any], where: Path) -> tuple[str, str]:
     m = space.get("metric") or {}
     name, goal = m.get("name", "val_acc"), m.get("goal", "maximize")
@@ -222,6 +272,19 @@ def _metric(space: dict[str, Any], where: Path) -> tuple[str, str]:
     if str(name).startswith("test"):  # the best model is chosen on validation data only
         raise ExperimentError(f"{where}: metric {name!r} is a test metric; choose on a validation metric")
     return str(name), _GOALS[goal]
+
+
+def _read_space(path: Path) -> tuple[dict[str, Any], SweepSpec | None]:
+    """``space.yaml`` as written ({} when missing) and as load_space validates it (None when
+    missing or when it no longer validates, e.g. a file written by an older version)."""
+    raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if not raw:
+        return {}, None
+    try:
+        return raw, load_space(raw)
+    except SpaceError as e:
+        log.info("%s does not validate (%s); its metric is read as written", path, e)
+        return raw, None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -80,10 +80,11 @@ def plot_accuracy_vs_created(df: pd.DataFrame, space: SpaceInfo, out: str | Path
     best = (best.cummax() if space.mode == "max" else best.cummin()).to_numpy()
     ax.step(x, best, where="post", color="black", lw=1.8, label="best so far", zorder=2)
     b = best_trial(df, space)
-    i = int(np.flatnonzero(df["trial_id"].to_numpy() == b["trial_id"])[0])
-    right = x[i] > (len(df) + 1) / 2  # keep the label inside the axes
-    ax.annotate(f"best: {b['trial_id']} ({b[target]:.4f})", (x[i], y[i]), xytext=(-8 if right else 8, 9),
-                textcoords="offset points", fontsize=8.5, ha="right" if right else "left")
+    if b is not None:  # None: trials reported, none finished yet
+        i = int(np.flatnonzero(df["trial_id"].to_numpy() == b["trial_id"])[0])
+        right = x[i] > (len(df) + 1) / 2  # keep the label inside the axes
+        ax.annotate(f"best: {b['trial_id']} ({b[target]:.4f})", (x[i], y[i]), xytext=(-8 if right else 8, 9),
+                    textcoords="offset points", fontsize=8.5, ha="right" if right else "left")
     ax.set_xlabel("trial, in order of creation")
     ax.set_ylabel(label)
     ax.set_ylim(lo - pad, hi + pad * 2)

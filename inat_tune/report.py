@@ -268,7 +268,7 @@ def _load(paths: Sequence[str | Path]) -> list[_Exp]:
     for x, label in zip(read, labels):
         df = df_all[df_all["experiment"] == label].reset_index(drop=True)
         hist = hist_all[hist_all["experiment"] == label].reset_index(drop=True)
-        space = an.space_from_dict(x.space) if x.space else an.infer_space(df)
+        space = an.experiment_space(x, df)
         exps.append(_Exp(x.path, label, df, hist, space, x.sweep, x.space.get("method"),
                          _read_json(x.path / "test_metrics.json"), an.importance_table(df, space)))
     return exps
@@ -310,7 +310,7 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
     meta = [f"experiment folder: `{e.path}`"]
     if e.sweep.get("data_dir"):
         meta.append(f"dataset: `{e.sweep['data_dir']}`")
-    model = an._first(df, an.CONFIG_PREFIX + "model")
+    model = an.first_value(df, an.CONFIG_PREFIX + "model")
     meta.append(f"model: {model or '-'}; search: {_METHODS.get(e.method, '-')}; metric: {space.metric} "
                 f"({'maximise' if space.mode == 'max' else 'minimise'}); trials: {len(df)}")
     if e.sweep.get("gpus_per_trial") is not None:
@@ -384,12 +384,12 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
 
 def _test_insight(e: _Exp) -> list[str]:
     """One sentence on the test set, naming the trial evaluate chose and its val score."""
-    if not e.test or not an._finite(e.test.get("test_acc")):
+    if not e.test or not an.finite(e.test.get("test_acc")):
         return []
     tid = e.test.get("trial_id")
     row = e.df[e.df["trial_id"] == tid]
     val = (f" (best val accuracy {an.fmt_metric(row['best_val_acc'].iloc[0])})"
-           if len(row) and an._finite(row["best_val_acc"].iloc[0]) else "")
+           if len(row) and an.finite(row["best_val_acc"].iloc[0]) else "")
     return [f"Test set (held out, evaluated once by `inat-tune evaluate`) on trial {tid or '-'}{val}: "
             f"test accuracy {an.fmt_metric(e.test['test_acc'])}."]
 

@@ -331,3 +331,45 @@ def test_best_trial_ties_go_to_the_evaluated_trial(tmp_path):
     assert an.best_trial(df, space, prefer=df["trial_id"].iloc[2])["trial_id"] == df["trial_id"].iloc[2]
     df.loc[1, "best_val_acc"] = 0.6  # a preference never overrides a better score
     assert an.best_trial(df, space, prefer=df["trial_id"].iloc[2])["trial_id"] == df["trial_id"].iloc[1]
+
+
+def make_unfinished_leaders(root: Path) -> tuple[Path, str]:
+    """An experiment whose highest val_acc belongs to an errored trial, the next highest to a
+    trial Ray still runs; returns it and the best *finished* trial, found from the raw files."""
+    exp = make_experiment(root, n=9, stopped=2, errored_empty=0, errored_late=1,
+                          state={"00000004": "RUNNING"})
+    for tid, acc in (("00000000", 0.99), ("00000004", 0.98)):  # errored, then unfinished
+        f = exp / f"scratch_cnn_trainable_{tid}" / "result.json"
+        rows = [json.loads(x) for x in f.read_text().splitlines()]
+        f.write_text("".join(json.dumps(dict(r, val_acc=acc)) + "\n" for r in rows))
+    best = {}
+    for d in sorted(exp.glob("scratch_cnn_trainable_*")):
+        tid = d.name.rsplit("_", 1)[1]
+        if tid not in ("00000000", "00000004"):
+            best[tid] = max(json.loads(x)["val_acc"] for x in (d / "result.json").read_text().splitlines())
+    return exp, max(best, key=best.get)
+
+
+def test_best_trial_is_the_best_finished_one_as_evaluate_takes(tmp_path):
+    from inat_tune.experiment import choose_trial, load_experiment
+
+    exp, expected = make_unfinished_leaders(tmp_path)
+    df = an.load_results(exp)
+    st = df.set_index("trial_id")["status"]
+    assert (st["00000000"], st["00000004"]) == ("errored", "unfinished")
+    assert df.loc[df["best_val_acc"].idxmax(), "trial_id"] == "00000000"  # the raw leader
+    space = an.read_space(exp)
+    assert an.best_trial(df, space)["trial_id"] == expected
+    assert choose_trial(load_experiment(exp))[0].trial_id == expected  # evaluate's choice
+    assert f"Best trial {expected} " in "\n".join(an.insights(df, space))
+    # a tie with an unfinished trial is never broken in its favour, even when preferred
+    df.loc[df["trial_id"] == "00000004", "best_val_acc"] = df.loc[df["trial_id"] == expected, "best_val_acc"].item()
+    assert an.best_trial(df, space, prefer="00000004")["trial_id"] == expected
+
+
+def test_no_finished_trial_names_no_best(tmp_path):
+    exp = make_experiment(tmp_path, n=3, stopped=0, errored_empty=0, errored_late=0,
+                          state={f"{i:08d}": "RUNNING" for i in range(3)})
+    df = an.load_results(exp)
+    assert an.best_trial(df, an.read_space(exp)) is None
+    assert an.insights(df, an.read_space(exp))[0].startswith("No trial has finished yet: 3 of 3 trials")

@@ -17,7 +17,7 @@ import yaml
 
 from inat_tune import analysis as an
 from inat_tune.report import write_report
-from test_analysis import PLANTED, make_experiment  # noqa: E402 - tests/ is on sys.path
+from test_analysis import PLANTED, make_experiment, make_unfinished_leaders  # noqa: E402 - tests/ is on sys.path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MD_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
@@ -228,3 +228,18 @@ def test_report_on_a_real_tiny_sweep(tmp_path):
     assert "SYNTHETIC DATA" in md  # the dataset's marker reaches the report
     for link in MD_IMAGE.findall(md):
         assert (exp / link).is_file()
+
+
+def test_report_names_the_finished_trial_evaluate_takes_when_the_leader_errored(tmp_path):
+    exp, expected = make_unfinished_leaders(tmp_path)
+    md = write_report(exp, use_wandb=False).read_text()
+    assert f"Best trial {expected} " in _section(md, "Insights")
+    assert f"| trial | {expected} |" in _section(md, "Best configuration")
+
+
+def test_report_when_no_trial_has_finished(tmp_path):
+    exp = make_experiment(tmp_path, n=3, stopped=0, errored_empty=0, errored_late=0,
+                          state={f"{i:08d}": "RUNNING" for i in range(3)})
+    md = write_report(exp, use_wandb=False).read_text()
+    assert "No trial has finished yet" in md and "## Best configuration" not in md
+    assert (exp / "fig_accuracy_vs_created.png").is_file()  # drawn, without a best trial to mark
