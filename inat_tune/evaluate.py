@@ -93,26 +93,28 @@ def predict_probs(bm: BestModel, batch_size: int = 256) -> np.ndarray:
 # Metrics
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts, rows = true class, columns = predicted class."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    return cm
+    """Counts, rows = true class, columns = predicted class; a row and a column for every
+    class, present in the test set or not."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    return sk_confusion_matrix(y_true, y_pred, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, mean cross-entropy, macro F1 and per-class accuracy (recall) and F1.
 
-    F1 of a class with no true and no predicted image is 0 (scikit-learn's zero_division=0).
+    Recall, precision and F1 are scikit-learn's, over every class (``labels``: a class with
+    no test image still counts in the macro mean); F1 of a class with no true and no predicted
+    image is 0 (``zero_division=0``).
     """
+    from sklearn.metrics import precision_recall_fscore_support
+
     y_true = np.asarray(y_true)
     y_pred = probs.argmax(1)
+    labels = np.arange(len(classes))
     cm = confusion_matrix(y_true, y_pred, len(classes))
-    tp = np.diag(cm).astype(float)
-    support, predicted = cm.sum(1), cm.sum(0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
-                   where=(precision + recall) > 0)
+    _, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None,
+                                                             zero_division=0)
     p_true = probs[np.arange(len(y_true)), y_true]
     return {
         "n_test": int(len(y_true)),

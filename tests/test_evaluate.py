@@ -339,6 +339,19 @@ def test_classification_metrics_on_a_known_case():
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
 
 
+def test_classification_metrics_keep_a_class_absent_from_the_test_set():
+    # class "d" has no test image and is never predicted: it keeps its row, column and keys,
+    # with F1 0, and counts in the macro F1 (4 classes, not 3)
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 0, 2])
+    probs = np.eye(4)[pred] * 0.6 + 0.1
+    m = classification_metrics(y, probs, ["a", "b", "c", "d"])
+    assert m["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert m["per_class_n"] == {"a": 2, "b": 2, "c": 2, "d": 0}
+    assert m["per_class_accuracy"]["d"] == 0.0 and m["per_class_f1"]["d"] == 0.0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3 + 0.0) / 4)
+
+
 def test_prediction_grid_shape_and_size(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 4)[:-3]  # the last class has a single image
