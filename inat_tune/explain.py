@@ -15,24 +15,26 @@ Written into the experiment folder:
 **The guided rule and non-ReLU activations.** Guided backprop zeroes negative gradients where
 they pass a ReLU (grad_in = max(grad_out, 0) * [x > 0]). Captum implements it by hooking
 ``nn.ReLU`` modules only: a network whose conv activation is GELU, SiLU, Mish, ELU, ... would
-get the *plain* input gradient from Captum, silently. Here Captum's own hook (which replaces
-an activation's input gradient by its positive part) is attached to every elementwise
-activation module (:data:`GUIDED_ACTIVATIONS`). For ReLU this is exactly Captum's
-GuidedBackprop; for monotone activations (LeakyReLU, ELU, SELU, Tanh) it is
-f'(x) * max(grad_out, 0), the guided rule with the activation's own slope; for the
-non-monotone GELU / SiLU / Mish it is max(f'(x) * grad_out, 0), so only signals that would
-increase the neuron pass, as the method intends. ReLU6 (MobileNetV2) gets the ReLU rule, as
-the ReLU it caps (see :func:`guided_backprop`). The figure title says which activations the
+get the *plain* input gradient from Captum, silently. Here Captum's public ``GuidedBackprop``
+handles the ``nn.ReLU`` modules, and :func:`guided_rule` applies the same rule (an
+activation's input gradient replaced by its positive part) to every other elementwise
+activation module (:data:`GUIDED_ACTIVATIONS`) with PyTorch's public module hooks. For ReLU
+networks this is exactly Captum's GuidedBackprop; for monotone activations (LeakyReLU, ELU,
+SELU, Tanh) it is f'(x) * max(grad_out, 0), the guided rule with the activation's own slope;
+for the non-monotone GELU / SiLU / Mish it is max(f'(x) * grad_out, 0), so only signals that
+would increase the neuron pass, as the method intends. ReLU6 (MobileNetV2) gets the ReLU rule,
+as the ReLU it caps (see :func:`guided_rule`). The figure title says which activations the
 rule was applied to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -194,32 +196,42 @@ class _ReLU6AsReLU(torch.autograd.Function):
         return grad.clamp(min=0) * (x > 0)
 
 
-def guided_backprop(model: nn.Module) -> Any:
-    """Captum's GuidedBackprop with its ReLU hook attached to every activation module in
-    :data:`GUIDED_ACTIVATIONS` (identical to Captum's for ReLU-only networks).
+@contextlib.contextmanager
+def guided_rule(model: nn.Module) -> Iterator[None]:
+    """While open, the guided rule at every activation module of ``model`` that Captum's
+    GuidedBackprop does not hook itself (all of :data:`GUIDED_ACTIVATIONS` but ``nn.ReLU``):
+    a full backward hook replaces the module's input gradient by its positive part, which is
+    what Captum's ReLU hook does.
 
     ReLU6 (MobileNetV2) is explained as the ReLU it caps: its gradient is 0 above 6, so the
     most excited neurons, saturated at 6, would get an empty pattern; its backward pass here
-    is the ReLU rule (forward values unchanged)."""
-    from captum._utils.common import _register_backward_hook
-    from captum.attr import GuidedBackprop
+    is the ReLU rule (forward values unchanged). Only public PyTorch hooks are used.
+    """
+    def positive(module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+        return tuple(None if g is None else g.clamp(min=0) for g in grad_input)
 
-    class _GuidedBackprop(GuidedBackprop):
-        def _register_hooks(self, module: nn.Module) -> None:
-            if isinstance(module, nn.ReLU6):
-                self.backward_hooks.append(module.register_forward_hook(
-                    lambda m, inp, out: _ReLU6AsReLU.apply(inp[0])))
-            if isinstance(module, GUIDED_ACTIVATIONS):
-                self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
-
-    return _GuidedBackprop(model)
+    handles = []
+    try:
+        for m in model.modules():
+            if isinstance(m, nn.ReLU6):
+                handles.append(m.register_forward_hook(lambda mod, inp, out: _ReLU6AsReLU.apply(inp[0])))
+            if isinstance(m, GUIDED_ACTIVATIONS) and not isinstance(m, nn.ReLU):
+                handles.append(m.register_full_backward_hook(positive))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def guided_attribution(net: nn.Module, images: torch.Tensor, channel: int) -> torch.Tensor:
-    """Guided-backprop attribution of ``net(images)[:, channel]`` w.r.t. ``images``."""
-    with warnings.catch_warnings():
+    """Guided-backprop attribution of ``net(images)[:, channel]`` w.r.t. ``images``: Captum's
+    GuidedBackprop (its public API) under :func:`guided_rule`, so every activation module is
+    guided, not only ``nn.ReLU``."""
+    from captum.attr import GuidedBackprop
+
+    with warnings.catch_warnings(), guided_rule(net):
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-        return guided_backprop(net).attribute(images.clone().requires_grad_(True), target=channel).detach()
+        return GuidedBackprop(net).attribute(images.clone().requires_grad_(True), target=channel).detach()
 
 
 def activation_names(model: nn.Module, upto: nn.Module | None = None) -> list[str]:
