@@ -12,9 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, load_config
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -134,36 +132,33 @@ def cmd_count(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .data.pipeline import load_tuning_data
-    from .train import fit
+    from .run import train_run
 
     cfg = load_config(args.config, args.set)  # refuses bad keys before any work
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_tuning_data(args.data, cfg.image_size, cfg.val_fraction, cfg.split_seed)
-    (out / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "data": str(Path(args.data).resolve())},
-                                                    sort_keys=False))
-    data.write_manifest(out / "split_manifest.json")
-    print(f"training {cfg.model} on {len(data.train.labels)} images, validating on {len(data.val.labels)} "
-          f"({len(data.classes)} classes, {cfg.image_size}px); writing to {out}")
-    result = fit(cfg, data, device=args.device, out_dir=out)
-    _write_csv(out / "metrics.csv", result.history)
+    result = train_run(cfg, args.data, out, device=args.device)
     b = result.best
     print(f"best val_acc {b['val_acc']:.4f} at epoch {b['epoch']}; checkpoint {out / 'best.pt'}")
     return 0
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    import csv
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
 def cmd_sweep(args) -> int:
-    from .tune.runner import run_sweep_from_args
-    return run_sweep_from_args(args)
+    from .data.scan import DatasetError
+    from .tune.runner import SweepError, sweep
+    from .tune.space import SpaceError
+
+    try:
+        sweep(args.space, args.data, name=args.name, storage=args.storage,
+              num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial,
+              gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+              use_wandb=not args.no_wandb, wandb_project=args.wandb_project, address=args.address,
+              seed=args.seed, max_failures=args.max_failures, overrides=args.set, resume=args.resume)
+    except (SweepError, SpaceError, ConfigError, DatasetError) as e:
+        # On stdout, unlike the other commands' errors: the line ends the sweep's own console
+        # output (progress, summary), which users and the cluster tests log as one stream.
+        print(f"inat-tune sweep: error: {e}")
+        return 2
+    return 0
 
 
 def cmd_evaluate(args) -> int:

@@ -1,7 +1,8 @@
 """``inat-tune demo``: the whole pipeline on the embedded SYNTHETIC dataset, on a laptop CPU.
 
 synth data -> TPE + ASHA sweep -> evaluate the best trial on the test set -> explain it ->
-report. Every step is the same command a user runs on the real dataset.
+report. Each step calls the library function behind a command, and prints that command: the
+one a user runs on the real dataset.
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ def demo_space() -> Path:
 
 
 def run_demo(out: str | Path = "results/demo", num_samples: int = 8, use_wandb: bool = True) -> int:
-    from .cli import main
+    """Run the five steps into ``out``; a second run continues (or just reports) the first
+    sweep. Returns 0; a step's error propagates (the CLI prints user errors as one line)."""
     from .data.synth import make_synthetic
+    from .evaluate import evaluate_experiment
+    from .explain import explain_experiment
+    from .report import write_report
+    from .tune.runner import sweep
 
     out = Path(out).resolve()
+    no_wandb = [] if use_wandb else ["--no-wandb"]
     print(BANNER)
     data = out / "synthetic_data"
     if not (data / "SYNTHETIC.txt").is_file():
@@ -38,24 +45,26 @@ def run_demo(out: str | Path = "results/demo", num_samples: int = 8, use_wandb: 
     print(f"[1/5] synthetic dataset: {data}")
     name = "demo-sweep"
     exp = out / name
-    sweep = ["sweep", str(demo_space()), "--data", str(data), "--storage", str(out), "--name", name,
-             "--num-samples", str(num_samples), "--max-concurrent", "2"]
-    if not use_wandb:
-        sweep.append("--no-wandb")
-    if (exp / "sweep.json").is_file():
-        sweep.append("--resume")  # a second `make demo` continues (or just reports) the first
-    print(f"[2/5] inat-tune {' '.join(sweep)}")
-    rc = main(sweep)
-    if rc:
-        return rc
-    for i, cmd in enumerate((["evaluate", str(exp)], ["explain", str(exp)], ["report", str(exp)]), start=3):
-        print(f"[{i}/5] inat-tune {' '.join(cmd)}")
-        rc = main(cmd + ([] if use_wandb or cmd[0] == "explain" else ["--no-wandb"]))
-        if rc:
-            return rc
+    space = demo_space()
+    resume = (exp / "sweep.json").is_file()  # a second `make demo` continues the first
+    _step(2, ["sweep", str(space), "--data", str(data), "--storage", str(out), "--name", name,
+              "--num-samples", str(num_samples), "--max-concurrent", "2", *no_wandb,
+              *(["--resume"] if resume else [])])
+    sweep(space, data, name=name, storage=str(out), num_samples=num_samples, max_concurrent=2,
+          use_wandb=use_wandb, resume=resume)
+    _step(3, ["evaluate", str(exp), *no_wandb])
+    evaluate_experiment(exp, use_wandb=use_wandb)
+    _step(4, ["explain", str(exp)])
+    explain_experiment(exp)
+    _step(5, ["report", str(exp), *no_wandb])
+    write_report([exp], use_wandb=use_wandb)
     print(BANNER.splitlines()[1])
     print(f"done: open {exp / 'report.html'} (SYNTHETIC data)")
     return 0
+
+
+def _step(i: int, argv: list[str]) -> None:
+    print(f"[{i}/5] inat-tune {' '.join(argv)}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,30 @@ def test_layout_error_is_one_line_and_exit_2(tmp_path, capsys):
     assert rc == 2 and "does not exist" in err and "Traceback" not in err
 
 
+def test_sweep_command_passes_its_flags_to_the_library(monkeypatch, capsys):
+    from inat_tune.tune import runner
+    from inat_tune.tune.space import SpaceError
+
+    calls = []
+    monkeypatch.setattr(runner, "sweep", lambda *a, **kw: calls.append((a, kw)))
+    assert main(["sweep", "s.yaml", "--data", "d", "--name", "n", "--storage", "s3://b/p",
+                 "--num-samples", "4", "--cpus-per-trial", "2", "--gpus-per-trial", "0.5",
+                 "--max-concurrent", "3", "--resume", "--no-wandb", "--wandb-project", "w",
+                 "--address", "auto", "--seed", "5", "--max-failures", "1",
+                 "--set", "lr=0.1", "--set", "epochs=2"]) == 0
+    assert calls == [(("s.yaml", "d"), dict(
+        name="n", storage="s3://b/p", num_samples=4, cpus_per_trial=2.0, gpus_per_trial=0.5,
+        max_concurrent=3, use_wandb=False, wandb_project="w", address="auto", seed=5,
+        max_failures=1, overrides=["lr=0.1", "epochs=2"], resume=True))]
+
+    def refuse(*a, **kw):
+        raise SpaceError("parameters.lr.min: bad")
+
+    monkeypatch.setattr(runner, "sweep", refuse)
+    assert main(["sweep", "s.yaml", "--data", "d"]) == 2
+    assert capsys.readouterr().out.strip().endswith("inat-tune sweep: error: parameters.lr.min: bad")
+
+
 @pytest.mark.slow
 def test_console_script_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "inat_tune.cli", "--help"], capture_output=True, text=True)

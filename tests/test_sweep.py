@@ -1,4 +1,5 @@
-"""The sweep service end to end: TPE + ASHA on Ray Tune, checkpoints, W&B offline, errors."""
+"""The sweep service end to end: TPE + ASHA on Ray Tune, checkpoints, W&B offline, errors;
+and ``plan_sweep``, the checks and settings of ``inat_tune.sweep`` before Ray starts."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from inat_tune.cli import main
+from inat_tune.tune.runner import SweepError, SweepOptions, check_gpus, plan_sweep
 
 TINY_SPACE = {
     "model": "scratch_cnn",
@@ -40,9 +42,12 @@ def _results(trial: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """One real 6-trial TPE + ASHA sweep (W&B offline) shared by the tests below."""
+    """One real 6-trial TPE + ASHA sweep (W&B offline) shared by the tests below, run through
+    the Python API (``inat_tune.sweep``) with the space as a mapping; the CLI's own path is
+    the one the error tests below, the cluster tests and helpers_sweep take."""
     import ray
 
+    import inat_tune
     from inat_tune.data.synth import make_synthetic
 
     base = tmp_path_factory.mktemp("sweep")
@@ -51,19 +56,21 @@ def sweep(tmp_path_factory):
         mp.setenv("WANDB_MODE", "offline")
         mp.delenv("WANDB_API_KEY", raising=False)
         ds = make_synthetic(base / "ds", per_class=16, val_per_class=4, image_size=36, seed=1)
-        space = base / "space.yaml"
-        space.write_text(yaml.safe_dump(TINY_SPACE))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            rc = main(["sweep", str(space), "--data", str(ds), "--storage", str(base / "exps"),
-                       "--name", "tiny", "--num-samples", "6", "--max-concurrent", "2", "--seed", "3"])
+            exp = inat_tune.sweep(TINY_SPACE, ds, storage=base / "exps", name="tiny", num_samples=6,
+                                  max_concurrent=2, seed=3, overrides={"batch_size": 16})
         ray.shutdown()
-    return {"rc": rc, "exp": base / "exps" / "tiny", "ds": ds, "out": out.getvalue(), "base": base}
+    return {"experiment": exp, "exp": base / "exps" / "tiny", "ds": ds, "out": out.getvalue(),
+            "base": base}
 
 
 @pytest.mark.slow
 def test_sweep_finishes_with_asha_stopping_some_trials(sweep):
-    assert sweep["rc"] == 0, sweep["out"]
+    from inat_tune.experiment import Experiment
+
+    assert isinstance(sweep["experiment"], Experiment), sweep["out"]
+    assert sweep["experiment"].path == sweep["exp"] and len(sweep["experiment"].trials) == 6
     trials = _trial_dirs(sweep["exp"])
     assert len(trials) == 6
     epochs_run = [len(_results(t)) for t in trials]
@@ -72,7 +79,9 @@ def test_sweep_finishes_with_asha_stopping_some_trials(sweep):
     assert any(e == 4 for e in epochs_run)
     # the experiment records what it ran with
     exp = sweep["exp"]
-    assert json.loads((exp / "sweep.json").read_text())["data_dir"] == str(sweep["ds"].resolve())
+    saved = json.loads((exp / "sweep.json").read_text())
+    assert saved["data_dir"] == str(sweep["ds"].resolve()) and saved["space_path"] == "<mapping>"
+    assert saved["overrides"] == ["batch_size=16"] and saved["num_samples"] == 6
     assert yaml.safe_load((exp / "space.yaml").read_text())["method"] == "bayes"
     manifest = json.loads((exp / "split_manifest.json").read_text())
     assert manifest["val"] and all(f.startswith("train/") for f in manifest["train"] + manifest["val"])
@@ -80,6 +89,19 @@ def test_sweep_finishes_with_asha_stopping_some_trials(sweep):
     out = sweep["out"]
     assert "[start]" in out and "best val_acc" in out and "inat-tune evaluate" in out
     assert "CPU-seconds" in out
+
+
+@pytest.mark.slow
+def test_summary_names_the_trial_evaluate_would_pick(sweep):
+    import re
+
+    from inat_tune.experiment import best_trial
+
+    best = best_trial(sweep["experiment"])
+    line = re.search(r"best val_acc: ([0-9.]+) \(trial (\w+), checkpoint: (\S+)\)", sweep["out"])
+    assert line, sweep["out"]
+    assert line[2] == best.trial.trial_id and float(line[1]) == pytest.approx(best.value, abs=1e-4)
+    assert Path(line[3]) == best.checkpoint.parent
 
 
 @pytest.mark.slow
@@ -137,9 +159,15 @@ def space_file(tmp_path):
     return p
 
 
+def _has_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--num-samples", "0"], "--num-samples"),
-    (["--gpus-per-trial", "0.25"], "no GPU"),
+    pytest.param(["--gpus-per-trial", "0.25"], "no GPU",
+                 marks=pytest.mark.skipif(_has_cuda(), reason="a GPU is visible here")),
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
 ])
 def test_bad_options_refused(space_file, synth_data, tmp_path, extra, message, capsys):
@@ -182,3 +210,47 @@ def test_unknown_finetune_stage_refused_before_ray(tmp_path, synth_data, capsys)
     rc = main(["sweep", str(p), "--data", str(synth_data), "--no-wandb", "--storage", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 2 and "parameters.strategy" in out and "layer9" in out and "layer4" in out
+
+
+def test_gpu_requests_are_checked_against_what_is_visible():
+    check_gpus(0, None)
+    check_gpus(0.25, 1)
+    check_gpus(2, 2)
+    for gpus, available, message in ((0.25, 0, "no GPU"), (0.25, None, "no GPU"),
+                                     (2, 1, "more than the 1 GPU"), (1.5, 2, "whole number"),
+                                     (-1, 1, "must be >= 0")):
+        with pytest.raises(SweepError, match=message):
+            check_gpus(gpus, available)
+
+
+# --- plan_sweep: what inat_tune.sweep checks and resolves before Ray starts ------------------
+
+def test_plan_takes_a_mapping_and_overrides_in_either_form(synth_data, tmp_path):
+    opts, spec = plan_sweep(TINY_SPACE, synth_data, storage=tmp_path, overrides={"lr": 1e-3})
+    assert opts.space_path == "<mapping>" and opts.name.startswith("sweep-")
+    assert opts.num_samples == 20 and opts.data_dir == str(synth_data.resolve())
+    assert opts.experiment_path == str(tmp_path.resolve() / opts.name)
+    assert spec.parameters["lr"].is_constant and spec.parameters["lr"].value == 1e-3
+    assert opts.overrides == ("lr=0.001",)
+    opts2, spec2 = plan_sweep(TINY_SPACE, synth_data, storage=tmp_path, overrides=["lr=0.001"],
+                              name="n", num_samples=3, use_wandb=False)
+    assert spec2 == spec and (opts2.name, opts2.num_samples, opts2.use_wandb) == ("n", 3, False)
+    grid = dict(TINY_SPACE, method="grid", parameters={"filters": {"values": [8, 16]}})
+    assert plan_sweep(grid, synth_data, num_samples=5)[0].num_samples == 1  # one pass of the grid
+
+
+def test_plan_of_a_resume_keeps_the_saved_settings_and_a_new_address(space_file, synth_data,
+                                                                     tmp_path):
+    with pytest.raises(SweepError, match="--name"):
+        plan_sweep(space_file, synth_data, storage=tmp_path, resume=True)
+    first, _ = plan_sweep(space_file, synth_data, storage=tmp_path, name="exp", num_samples=4,
+                          seed=9, overrides=["epochs=2"], address="ray://old:10001")
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "sweep.json").write_text(json.dumps({**first.__dict__, "overrides":
+                                                             list(first.overrides)}))
+    again, _ = plan_sweep(space_file, synth_data, storage=tmp_path, name="exp", resume=True,
+                          num_samples=7, seed=1)
+    assert again == first  # options given again (num_samples, seed) do not change the experiment
+    moved, _ = plan_sweep(space_file, synth_data, storage=tmp_path, name="exp", resume=True,
+                          address="ray://new:10001")
+    assert moved == SweepOptions(**{**first.__dict__, "address": "ray://new:10001"})

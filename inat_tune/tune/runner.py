@@ -1,7 +1,11 @@
-"""``inat-tune sweep``: validate everything, build the decode cache once, run Ray Tune.
+"""Run a sweep: validate everything, build the decode cache once, run Ray Tune.
+
+``sweep(space, data, ...)`` is the library's entry point (the CLI's ``inat-tune sweep`` calls
+it with its flags as keyword arguments); ``plan_sweep`` does its checks and returns the typed
+:class:`SweepOptions` without starting anything; ``run_sweep(opts, spec)`` runs them.
 
 The experiment folder ``<storage>/<name>`` is Ray Tune's own, plus ``sweep.json`` (the
-command's settings, so ``--resume``, ``evaluate`` and ``report`` need no flags),
+sweep's settings, so ``--resume``, ``evaluate`` and ``report`` need no flags),
 ``space.yaml`` (the resolved search space) and ``split_manifest.json``.
 """
 
@@ -15,17 +19,18 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import yaml
 
-from ..config import ConfigError, parse_overrides
+from ..config import parse_overrides
 from ..data.pipeline import load_tuning_data
-from ..data.scan import DatasetError, scan_dataset
+from ..data.scan import scan_dataset
+from ..experiment import SPACE_FILE, SWEEP_FILE, Experiment, ExperimentError, best_trial, load_experiment
 from .space import SweepSpec, load_space, max_epochs, override, spec_to_dict
 from .trainables import TrialSettings, make_trainable
 
 log = logging.getLogger(__name__)
-SWEEP_FILE = "sweep.json"
 DEFAULT_NUM_SAMPLES = 20
 
 
@@ -35,7 +40,9 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class SweepOptions:
-    space_path: str
+    """A sweep's settings, checked (``plan_sweep``); written to sweep.json as they are."""
+
+    space_path: str  # the space file, or "<mapping>" for a space given as a mapping
     data_dir: str
     name: str
     storage: str = "results"
@@ -128,31 +135,101 @@ def _local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_options(args) -> tuple[SweepOptions, SweepSpec]:
-    """argparse namespace -> validated options and space (nothing is started)."""
-    space = load_space(args.space)
-    fixed = parse_overrides(args.set)
+def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str | None = None,
+               storage: str = "results", num_samples: int | None = None,
+               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+               max_concurrent: int | None = None, use_wandb: bool = True,
+               wandb_project: str = "inat-tune", address: str | None = None, seed: int = 0,
+               max_failures: int = 2, overrides: Mapping[str, Any] | Iterable[str] = (),
+               resume: bool = False) -> tuple[SweepOptions, SweepSpec]:
+    """The checked options and search space of a sweep; nothing is started or written.
+
+    Arguments are ``sweep``'s. Raises SpaceError (naming the key), ConfigError (a bad
+    override) or SweepError (naming the option). With ``resume`` the experiment's saved
+    sweep.json settings are kept (``address``, when given, still wins: the cluster may be new).
+    """
+    if resume and not name:
+        raise SweepError("--resume needs --name NAME (the experiment to continue)")
+    spec = load_space(space)
+    fixed, override_texts = _overrides(overrides)
     if fixed:
-        space = override(space, fixed)
-    if args.num_samples is not None and args.num_samples < 1:
-        raise SweepError(f"--num-samples {args.num_samples}: must be >= 1")
-    if args.cpus_per_trial <= 0:
-        raise SweepError(f"--cpus-per-trial {args.cpus_per_trial}: must be > 0")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise SweepError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
-    if space.model == "finetune":
-        check_backbones(space)
-    num = args.num_samples or space.run_cap or DEFAULT_NUM_SAMPLES
-    if space.method == "grid":
+        spec = override(spec, fixed)
+    if num_samples is not None and num_samples < 1:
+        raise SweepError(f"--num-samples {num_samples}: must be >= 1")
+    if cpus_per_trial <= 0:
+        raise SweepError(f"--cpus-per-trial {cpus_per_trial}: must be > 0")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise SweepError(f"--max-concurrent {max_concurrent}: must be >= 1")
+    if spec.model == "finetune":
+        check_backbones(spec)
+    num = num_samples or spec.run_cap or DEFAULT_NUM_SAMPLES
+    if spec.method == "grid":
         num = 1  # Ray repeats the whole grid num_samples times: one pass is the grid
-    name = args.name or f"{Path(args.space).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    opts = SweepOptions(space_path=str(args.space), data_dir=str(Path(args.data).expanduser().resolve()),
-                        name=name, storage=args.storage, num_samples=num,
-                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                        max_concurrent=args.max_concurrent, use_wandb=not args.no_wandb,
-                        wandb_project=args.wandb_project, address=args.address, seed=args.seed,
-                        max_failures=args.max_failures, overrides=tuple(args.set))
-    return opts, space
+    space_path = "<mapping>" if isinstance(space, Mapping) else str(space)
+    stem = "sweep" if isinstance(space, Mapping) else Path(space).stem
+    opts = SweepOptions(space_path=space_path, data_dir=str(Path(data).expanduser().resolve()),
+                        name=name or f"{stem}-{datetime.now():%Y%m%d-%H%M%S}", storage=str(storage),
+                        num_samples=num, cpus_per_trial=cpus_per_trial,
+                        gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
+                        use_wandb=use_wandb, wandb_project=wandb_project, address=address,
+                        seed=seed, max_failures=max_failures, overrides=override_texts)
+    if resume:
+        saved = Path(opts.experiment_path) / SWEEP_FILE
+        if saved.is_file():  # keep the original settings of the experiment
+            prev = json.loads(saved.read_text())
+            kept = {k: prev[k] for k in SweepOptions.__dataclass_fields__ if k in prev and k != "overrides"}
+            if address is not None:  # the cluster may be a new one: the argument wins
+                kept["address"] = address
+            opts = SweepOptions(**kept, overrides=tuple(prev.get("overrides", ())))
+    return opts, spec
+
+
+def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str | None = None,
+          storage: str = "results", num_samples: int | None = None, cpus_per_trial: float = 1.0,
+          gpus_per_trial: float = 0.0, max_concurrent: int | None = None, use_wandb: bool = True,
+          wandb_project: str = "inat-tune", address: str | None = None, seed: int = 0,
+          max_failures: int = 2, overrides: Mapping[str, Any] | Iterable[str] = (),
+          resume: bool = False) -> Experiment | str:
+    """Run (or, with ``resume``, continue) a Ray Tune sweep; returns the finished experiment.
+
+    ``space``: a W&B sweep file or the same as a mapping (plus ``model:``); ``data``: the
+    dataset folder. ``overrides`` fix config keys for every trial: a mapping, or "key=value"
+    strings as the CLI's ``--set``. ``name`` defaults to ``<space stem>-<timestamp>``;
+    ``num_samples`` to the space's run_cap, else 20. ``address`` joins a running Ray cluster.
+    Resuming needs ``name``, and keeps the settings saved in the experiment's sweep.json.
+
+    Returns ``inat_tune.experiment.load_experiment`` of ``<storage>/<name>``, or that path as
+    a string when ``storage`` is remote (s3://, gs://). Raises SweepError, SpaceError,
+    ConfigError or DatasetError, each with a one-line message, before anything starts.
+    """
+    opts, spec = plan_sweep(space, data, name=name, storage=storage, num_samples=num_samples,
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                            max_concurrent=max_concurrent, use_wandb=use_wandb,
+                            wandb_project=wandb_project, address=address, seed=seed,
+                            max_failures=max_failures, overrides=overrides, resume=resume)
+    run_sweep(opts, spec, resume=resume)
+    if "://" in opts.experiment_path:
+        return opts.experiment_path
+    return load_experiment(opts.experiment_path)
+
+
+def _overrides(overrides: Mapping[str, Any] | Iterable[str] | str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """(key -> value, the "key=value" texts sweep.json records) from either form."""
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if isinstance(overrides, Mapping):
+        fixed = dict(overrides)
+        return fixed, tuple(f"{k}={_yaml_value(v)}" for k, v in fixed.items())
+    texts = tuple(overrides)
+    return parse_overrides(list(texts)), texts
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as --set would take it (parse_overrides reads it back as YAML)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip()
+    return text.removesuffix("\n...").strip()
 
 
 def _image_sizes(space: SweepSpec) -> list[int]:
@@ -184,7 +261,7 @@ def _write_experiment_files(opts: SweepOptions, space: SweepSpec, manifest_src: 
     files = {
         SWEEP_FILE: json.dumps({**asdict(opts), "overrides": list(opts.overrides),
                                 "created": datetime.now().isoformat(timespec="seconds")}, indent=1),
-        "space.yaml": yaml.safe_dump(spec_to_dict(space), sort_keys=False),
+        SPACE_FILE: yaml.safe_dump(spec_to_dict(space), sort_keys=False),
         "split_manifest.json": manifest_src.read_text(),
     }
     path = opts.experiment_path
@@ -326,41 +403,39 @@ def _print_summary(results, opts: SweepOptions, space: SweepSpec, wall: float) -
         gpu = df["gpu_seconds"].fillna(0).sum()
         cpu = df["cpu_seconds"].fillna(0).sum()
         print(f"cost: {gpu:.0f} GPU-seconds" if gpu > 0 else f"cost: {cpu:.0f} CPU-seconds (no GPU)")
-    try:
-        best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
-    except RuntimeError:
-        print("no trial reported a result")
-        return
-    swept = {k: best.config.get(k) for k in space.parameters}
-    history = best.metrics_dataframe[space.metric]
-    value = history.max() if space.mode == "max" else history.min()  # the best epoch, not the last
-    ckpt = best.get_best_checkpoint(space.metric, space.mode) if best.checkpoint else None
-    print(f"best {space.metric}: {value:.4f} (trial {best.metrics.get('trial_id')}, "
-          f"checkpoint: {ckpt.path if ckpt else '-'})")
-    print(f"best config: {json.dumps(swept, default=str)}")
     exp = opts.experiment_path
+    best = _best(results, exp, space)
+    if best is None:
+        return
+    trial_id, config, value, checkpoint = best
+    swept = {k: config.get(k) for k in space.parameters}
+    print(f"best {space.metric}: {value:.4f} (trial {trial_id}, checkpoint: {checkpoint or '-'})")
+    print(f"best config: {json.dumps(swept, default=str)}")
     print(f"experiment: {exp}")
     print(f"next: inat-tune evaluate {exp}\n      inat-tune explain {exp}\n      inat-tune report {exp}")
 
 
-def run_sweep_from_args(args) -> int:
-    from .space import SpaceError
+def _best(results, path: str, space: SweepSpec) -> tuple[str, dict[str, Any], float, str | None] | None:
+    """(trial id, config, metric at its best epoch, that epoch's checkpoint folder) of the best
+    trial; None, after printing why, when there is none.
+
+    Local experiments use ``inat_tune.experiment.best_trial``, the rule evaluate, explain and
+    the report use (finished trials only). A remote one is not read back here: Ray's own pick
+    from the result grid (over every trial and epoch) stands in.
+    """
+    if "://" not in path:
+        try:
+            bt = best_trial(load_experiment(path))
+        except ExperimentError as e:
+            print(f"no best trial: {e}")
+            return None
+        return bt.trial.trial_id, bt.trial.config, bt.value, str(bt.checkpoint.parent)
     try:
-        if args.resume:
-            if not args.name:
-                raise SweepError("--resume needs --name NAME (the experiment to continue)")
-            opts, space = resolve_options(args)
-            saved = Path(opts.experiment_path) / SWEEP_FILE
-            if saved.is_file():  # keep the original settings of the experiment
-                prev = json.loads(saved.read_text())
-                kept = {k: prev[k] for k in SweepOptions.__dataclass_fields__ if k in prev and k != "overrides"}
-                if args.address is not None:  # the cluster may be a new one: the flag wins
-                    kept["address"] = args.address
-                opts = SweepOptions(**kept, overrides=tuple(prev.get("overrides", ())))
-        else:
-            opts, space = resolve_options(args)
-        run_sweep(opts, space, resume=args.resume)
-    except (SweepError, SpaceError, ConfigError, DatasetError) as e:
-        print(f"inat-tune sweep: error: {e}")
-        return 2
-    return 0
+        best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+    except RuntimeError:
+        print("no trial reported a result")
+        return None
+    history = best.metrics_dataframe[space.metric]
+    value = history.max() if space.mode == "max" else history.min()  # the best epoch, not the last
+    ckpt = best.get_best_checkpoint(space.metric, space.mode) if best.checkpoint else None
+    return best.metrics.get("trial_id"), best.config, float(value), ckpt.path if ckpt else None
