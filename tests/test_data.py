@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from inat_tune.data.atomic import build_folder_once
 from inat_tune.data.cache import build_cache, fingerprint
 from inat_tune.data.loader import Augment, DeviceLoader, to_device
 from inat_tune.data.pipeline import load_test_data, load_tuning_data, warn_duplicates
@@ -193,6 +194,39 @@ def test_parallel_build_equals_serial(tmp_path):
     serial = build_cache(root, files, 32, cache_dir=tmp_path / "s", workers=1, progress=False)
     par = build_cache(root, files, 32, cache_dir=tmp_path / "p", workers=2, progress=False)
     assert np.array_equal(np.asarray(serial.images), np.asarray(par.images))
+
+
+
+def test_build_folder_once_builds_once_and_never_leaves_half_a_folder(tmp_path):
+    final = tmp_path / "base" / "key"
+    calls = []
+
+    def writer(target: Path):
+        def build(tmp: Path) -> None:
+            calls.append(tmp)
+            assert tmp.parent == target.parent and not target.exists()  # beside, not in place
+            (tmp / "data.bin").write_bytes(b"x")
+            (tmp / "meta.json").write_text("{}")
+        return build
+
+    assert build_folder_once(final, writer(final)) is True
+    assert build_folder_once(final, writer(final)) is False and len(calls) == 1  # complete: reused
+    assert (final / "data.bin").read_bytes() == b"x"
+
+    def fails(tmp: Path) -> None:
+        (tmp / "data.bin").write_bytes(b"half")
+        raise OSError("disk full")
+
+    def no_marker(tmp: Path) -> None:
+        (tmp / "data.bin").write_bytes(b"x")
+
+    other = tmp_path / "base" / "other"
+    with pytest.raises(OSError, match="disk full"):
+        build_folder_once(other, fails)
+    with pytest.raises(RuntimeError, match="wrote no meta.json"):
+        build_folder_once(other, no_marker)
+    assert not other.exists() and not list(other.parent.glob("*.build-*"))
+    assert build_folder_once(other, writer(other)) is True and (other / "meta.json").is_file()
 
 
 # --- loader -------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ Each image is decoded once per (file list, image size, preprocessing version) in
 ``$INAT_TUNE_CACHE/<key>/images.u8`` (N x S x S x 3 uint8, row-major). The key is a
 fingerprint of the files (relative path, size, mtime) and the preprocessing parameters, so a
 changed file or another image size gives a new key. A build runs under a file lock in a
-temporary folder that is renamed into place when complete: concurrent trials build it once
-and never read a half-written cache. Deleting the cache folder is always safe.
+temporary folder that is renamed into place when complete (:mod:`inat_tune.data.atomic`):
+concurrent trials build it once and never read a half-written cache. Deleting the cache
+folder is always safe. Frozen-backbone features are cached the same way beside it
+(:mod:`inat_tune.data.features`).
 """
 
 from __future__ import annotations
@@ -14,16 +16,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from filelock import FileLock
-
+from .atomic import build_folder_once
 from .scan import decode_image
 
 log = logging.getLogger(__name__)
@@ -99,50 +98,40 @@ def build_cache(root: str | Path, files: Sequence[str], image_size: int, *,
     if not files:
         raise ValueError(f"no files to cache under {root}")
     base = Path(cache_dir) if cache_dir is not None else cache_root()
-    base.mkdir(parents=True, exist_ok=True)
-    key = fingerprint(root, files, image_size)
-    final = base / key
-    if (final / "meta.json").is_file():  # complete caches appear by an atomic rename
+    final = base / fingerprint(root, files, image_size)
+
+    def build(tmp: Path) -> None:
+        n = len(files)
+        arr = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(n, image_size, image_size, 3))
+        # Threads, not processes: Pillow releases the GIL while it decodes and resizes, and
+        # threads need no pickling, work inside Ray workers and daemonic processes, and do
+        # not re-import a user's __main__ the way spawned processes do.
+        n_workers = workers or min(os.cpu_count() or 1, 16)
+        bar = tqdm(total=n, desc=f"decode cache {image_size}px", unit="img", disable=not progress)
+
+        def one(i: int) -> tuple[int, str, str]:
+            digest, err = _decode_into(arr, root, files, i, image_size)
+            bar.update(1)
+            return i, digest, err
+
+        if n_workers == 1:
+            results = [one(i) for i in range(n)]
+        else:
+            with ThreadPoolExecutor(n_workers) as pool:
+                results = list(pool.map(one, range(n)))
+        arr.flush()
+        del arr
+        bar.close()
+        meta = {
+            "n": n, "image_size": image_size, "files": list(files),
+            "ok": [not err for _, _, err in results], "digests": [d for _, d, _ in results],
+            "skipped": [(files[i], err) for i, _, err in results if err],
+            "root": str(root), "preprocess": PREPROCESS_VERSION, "built_by": os.getpid(),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))  # last: it marks the folder complete
+
+    if not build_folder_once(final, build):
         return _load(final)
-    with FileLock(str(base / f"{key}.lock")):
-        if (final / "meta.json").is_file():  # another process built it while we waited
-            return _load(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.build-", dir=base))
-        try:
-            n = len(files)
-            out = tmp / "images.u8"
-            arr = np.memmap(out, dtype=np.uint8, mode="w+", shape=(n, image_size, image_size, 3))
-            # Threads, not processes: Pillow releases the GIL while it decodes and resizes, and
-            # threads need no pickling, work inside Ray workers and daemonic processes, and do
-            # not re-import a user's __main__ the way spawned processes do.
-            workers = workers or min(os.cpu_count() or 1, 16)
-            bar = tqdm(total=n, desc=f"decode cache {image_size}px", unit="img", disable=not progress)
-
-            def one(i: int) -> tuple[int, str, str]:
-                digest, err = _decode_into(arr, root, files, i, image_size)
-                bar.update(1)
-                return i, digest, err
-
-            if workers == 1:
-                results = [one(i) for i in range(n)]
-            else:
-                with ThreadPoolExecutor(workers) as pool:
-                    results = list(pool.map(one, range(n)))
-            arr.flush()
-            del arr
-            bar.close()
-            ok = [not err for _, _, err in results]
-            skipped = [(files[i], err) for i, _, err in results if err]
-            meta = {
-                "n": n, "image_size": image_size, "files": list(files), "ok": ok,
-                "digests": [d for _, d, _ in results], "skipped": skipped,
-                "root": str(root), "preprocess": PREPROCESS_VERSION, "built_by": os.getpid(),
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     cache = _load(final)
     if cache.skipped:
         shown = "; ".join(f"{f} ({r})" for f, r in cache.skipped[:10])
