@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .config import RunConfig
+from .data.features import cached_features
 from .data.loader import IMAGENET_MEAN, IMAGENET_STD, Augment, DeviceLoader, to_device
 from .data.pipeline import TuningData
 from .models.registry import create_model
@@ -247,10 +248,10 @@ def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None =
     x_tr, y_tr = to_device(data.train.images, data.train.labels, device)
     x_va, y_va = to_device(data.val.images, data.val.labels, device)
     net: nn.Module = model
-    features = getattr(model, "cached_features", None)
-    if features is not None and cfg.feature_cache and not cfg.augment:
-        # Frozen prefix computed once: the loop then trains only the suffix on features.
-        x_tr, x_va, net = features(x_tr, x_va, data=data, mean=mean, std=std, bf16=bf16)
+    if cfg.feature_cache and not cfg.augment:
+        # A frozen prefix (if the model has one) computed once: the loop then trains only the
+        # suffix on its features.
+        x_tr, x_va, net = cached_features(model, x_tr, x_va, data=data, mean=mean, std=std, bf16=bf16)
     augment = Augment(color_jitter=cfg.color_jitter) if cfg.augment else None
     train_loader = DeviceLoader(x_tr, y_tr, cfg.batch_size, shuffle=True, augment=augment, mean=mean,
                                 std=std, seed=cfg.seed, drop_last=len(y_tr) > cfg.batch_size,

@@ -17,11 +17,14 @@ import yaml
 from torch import nn
 
 from inat_tune.config import RunConfig
+from inat_tune.data import features
 from inat_tune.data.loader import DeviceLoader, to_device
 from inat_tune.data.pipeline import load_tuning_data
-from inat_tune.models import pretrained
-from inat_tune.models.pretrained import (BACKBONES, HEAD, WeightsError, build_finetune_model,
-                                         preprocessing, trainable_stages)
+from inat_tune.models import pretrained, weights
+from inat_tune.models.backbones import BACKBONES, HEAD, preprocessing
+from inat_tune.models.freezing import trainable_stages
+from inat_tune.models.pretrained import build_finetune_model
+from inat_tune.models.weights import WeightsError
 from inat_tune.train import build_optimizer, evaluate, fit, load_model
 
 RESNET = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -249,13 +252,13 @@ def test_feature_cache_gives_the_same_run_as_the_full_forward(data, strategy):
 def test_features_are_stored_once_and_reused(data, monkeypatch, tmp_path):
     first = fit(cfg_for(epochs=1), data, log=None).state.model.feature_cache
     assert first.loaded is False and first.path is not None
-    assert first.path.parent == pretrained.features_root() and (first.path / "meta.json").is_file()
+    assert first.path.parent == features.features_root() and (first.path / "meta.json").is_file()
 
     def no_compute(*a, **k):
         raise AssertionError("features were recomputed instead of read from disk")
 
     with monkeypatch.context() as mp:
-        mp.setattr(pretrained, "compute_features", no_compute)
+        mp.setattr(features, "compute_features", no_compute)
         again = fit(cfg_for(epochs=1, lr=1e-2, batch_size=16), data, log=None)  # other head hparams
     assert again.state.model.feature_cache.loaded is True
     assert again.state.model.feature_cache.path == first.path
@@ -267,7 +270,35 @@ def test_features_are_stored_once_and_reused(data, monkeypatch, tmp_path):
     assert fit(cfg_for(epochs=1, augment=True), data, log=None).state.model.feature_cache is None
     model = build(strategy="full")
     x = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
-    assert model.feature_split() is None and model.cached_features(x, x)[2] is model
+    assert model.feature_split() is None and features.cached_features(model, x, x)[2] is model
+
+
+
+def test_feature_store_that_cannot_be_written_costs_only_the_reuse(data, monkeypatch, tmp_path):
+    model = build(strategy="head_only")
+    x_tr, _ = to_device(data.train.images, data.train.labels, "cpu")
+    x_va, _ = to_device(data.val.images, data.val.labels, "cpu")
+    f_mem, _, _ = features.cached_features(model, x_tr, x_va)  # no data: memory only
+    assert model.feature_cache.path is None and f_mem.shape == (len(x_tr), 512)
+    # below a regular file no store can be created: computed in memory, the same features
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(features, "features_root", lambda: blocker / "features")
+    f_tr, _, _ = features.cached_features(model, x_tr, x_va, data=data)
+    assert model.feature_cache.path is None and not model.feature_cache.loaded
+    torch.testing.assert_close(f_tr, f_mem)
+
+    # a write that fails after computing: the computed features serve, no entry is left
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    root = tmp_path / "features"
+    monkeypatch.setattr(features, "features_root", lambda: root)
+    monkeypatch.setattr(torch, "save", full_disk)
+    f_tr2, _, _ = features.cached_features(model, x_tr, x_va, data=data)
+    assert model.feature_cache.path is None and not model.feature_cache.loaded
+    torch.testing.assert_close(f_tr2, f_mem)
+    assert root.is_dir() and not [p for p in root.iterdir() if p.suffix != ".lock"]
 
 
 def test_cached_run_checkpoint_holds_the_whole_model(data, tmp_path):
@@ -355,7 +386,7 @@ def test_imagenet_offline_names_the_file_and_where_to_put_it(tmp_path, monkeypat
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     expected = hub / "checkpoints" / "resnet18-f37072fd.pth"
-    assert pretrained.hub_checkpoint_path("resnet18") == expected
+    assert weights.hub_checkpoint_path("resnet18") == expected
     with pytest.raises(WeightsError) as err:
         build(weights="imagenet")
     msg = str(err.value)
