@@ -8,11 +8,15 @@ import torch.nn as nn
 
 from ..config import RunConfig
 
-_BUILDERS: dict[str, Callable[[RunConfig, int], nn.Module]] = {}
+Builder = Callable[[RunConfig, int], nn.Module]
+
+_BUILDERS: dict[str, Builder] = {}
 
 
 def register(name: str):
-    def deco(fn: Callable[[RunConfig, int], nn.Module]):
+    """Decorator: ``create_model`` builds ``cfg.model == name`` with the decorated builder
+    (it replaces a built-in of the same name)."""
+    def deco(fn: Builder) -> Builder:
         _BUILDERS[name] = fn
         return fn
     return deco
@@ -20,22 +24,23 @@ def register(name: str):
 
 def create_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     """Build the network ``cfg.model`` names, with a ``num_classes``-way output."""
-    _register_builtin()
-    if cfg.model not in _BUILDERS:
-        raise KeyError(f"unknown model {cfg.model!r}; registered: {sorted(_BUILDERS)}")
-    return _BUILDERS[cfg.model](cfg, num_classes)
+    builders = {**_builtin(), **_BUILDERS}
+    if cfg.model not in builders:
+        raise KeyError(f"unknown model {cfg.model!r}; registered: {sorted(builders)}")
+    return builders[cfg.model](cfg, num_classes)
 
 
-def _register_builtin() -> None:
-    if _BUILDERS:
-        return
+def _scratch(cfg: RunConfig, num_classes: int) -> nn.Module:
+    from .cnn import ScratchCNN
+    return ScratchCNN(cfg, num_classes=num_classes)
 
-    @register("scratch_cnn")
-    def _scratch(cfg: RunConfig, num_classes: int) -> nn.Module:
-        from .cnn import ScratchCNN
-        return ScratchCNN(cfg, num_classes=num_classes)
 
-    @register("finetune")
-    def _finetune(cfg: RunConfig, num_classes: int) -> nn.Module:
-        from .pretrained import build_finetune_model
-        return build_finetune_model(cfg, num_classes)
+def _finetune(cfg: RunConfig, num_classes: int) -> nn.Module:
+    from .pretrained import build_finetune_model  # on use: scratch_cnn runs never import torchvision
+    return build_finetune_model(cfg, num_classes)
+
+
+def _builtin() -> dict[str, Builder]:
+    # Merged under _BUILDERS at each call rather than registered into it once, so no order of
+    # register() calls can hide them; a custom builder of the same name still wins.
+    return {"scratch_cnn": _scratch, "finetune": _finetune}
