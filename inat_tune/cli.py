@@ -180,8 +180,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
-    return run_bench(args)
+    from .bench import BenchOptions, run_bench
+    return run_bench(BenchOptions(data=args.data, image_size=args.image_size, json_path=args.json,
+                                  search=args.search, quick=args.quick))
 
 
 def cmd_demo(args) -> int:
