@@ -1,8 +1,10 @@
-"""Shared fixtures: every test gets its own decode cache and offline W&B, and generated data."""
+"""Shared fixtures: every test gets its own decode cache and offline W&B, and generated data;
+one real finished sweep is run once per session for the tests that read an experiment."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,20 @@ def synth_data(tmp_path_factory) -> Path:
 
     return make_synthetic(tmp_path_factory.mktemp("synth") / "ds", per_class=40, val_per_class=8,
                           image_size=40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def finished_experiment(tmp_path_factory) -> Path:
+    """The folder of one real finished sweep (helpers_sweep: TPE + ASHA, N_TRIALS trials of
+    the scratch CNN, 2 epochs, generated data; its sweep.json names the dataset), run once per
+    session. Read it in place; a test that writes into it (evaluate, explain, report do) takes
+    ``experiment_copy`` instead."""
+    from helpers_sweep import FINISHED_SPACE, run_tiny_sweep
+
+    return run_tiny_sweep(tmp_path_factory.mktemp("finished"), FINISHED_SPACE)[0]
+
+
+@pytest.fixture
+def experiment_copy(finished_experiment, tmp_path) -> Path:
+    """A private copy of ``finished_experiment`` (same trials, checkpoints and dataset)."""
+    return Path(shutil.copytree(finished_experiment, tmp_path / finished_experiment.name))

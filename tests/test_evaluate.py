@@ -1,7 +1,8 @@
 """Reading experiment folders, choosing the best trial on validation data, and ``evaluate``.
 
-One real (tiny) sweep is run once for the module; the other cases are hand-made experiment
-folders with the same layout, so each rule is checked on a known answer.
+The real (tiny) sweep is conftest's ``finished_experiment``, run once per session; the other
+cases are hand-made experiment folders with the same layout, so each rule is checked on a
+known answer.
 """
 
 from __future__ import annotations
@@ -19,32 +20,15 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers_sweep import run_tiny_sweep
+from helpers_sweep import N_TRIALS
 from inat_tune.data.scan import DatasetError
 from inat_tune.evaluate import classification_metrics, evaluate_experiment, plot_prediction_grid
 from inat_tune.experiment import ExperimentError, best_trial, load_experiment, trial_checkpoint
 
-SPACE = {
-    "model": "scratch_cnn",
-    "method": "random",
-    "metric": {"name": "val_acc", "goal": "maximize"},
-    "parameters": {
-        "image_size": {"value": 32},
-        "filters": {"value": 8},
-        "dense": {"value": 16},
-        "batch_size": {"value": 32},
-        "augment": {"value": False},
-        "epochs": {"value": 2},
-        "lr": {"values": [1e-3, 3e-3]},
-    },
-}
 
-
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> tuple[Path, Path]:
-    return run_tiny_sweep(tmp_path_factory.mktemp("ev"), SPACE)
+def _data(exp_dir: Path) -> Path:
+    """The dataset the sweep ran on (its sweep.json names it)."""
+    return Path(load_experiment(exp_dir).data_dir)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -64,15 +48,19 @@ def _write_results(trial_dir: Path, rows: list[dict]) -> None:
 # The real sweep
 
 @pytest.mark.slow
-def test_load_experiment_reads_a_real_sweep(sweep):
-    exp_dir, ds = sweep
+def test_load_experiment_reads_a_real_sweep(finished_experiment):
+    exp_dir = finished_experiment
+    ds = exp_dir.parent / "ds"  # where the fixture generated the data
     exp = load_experiment(exp_dir)
     assert exp.name == "exp" and exp.data_dir == str(ds.resolve())
     assert (exp.metric, exp.mode) == ("val_acc", "max")
-    assert len(exp.trials) == 2 and all(t.status == "finished" for t in exp.trials)
+    assert exp.spec is not None and exp.spec.method == "bayes" and exp.spec.early_terminate
+    # ASHA may stop a trial after epoch 1: it is finished all the same (Ray says TERMINATED)
+    assert len(exp.trials) == N_TRIALS and all(t.status == "finished" for t in exp.trials)
+    assert max(t.epochs_run for t in exp.trials) == 2  # the first trial at the rung goes on
     for t in exp.trials:
         assert t.config == json.loads((t.path / "params.json").read_text())
-        assert [r["epoch"] for r in t.results] == [1, 2]
+        assert [r["epoch"] for r in t.results] == list(range(1, t.epochs_run + 1)) and t.epochs_run >= 1
         assert t.checkpoints, t
         # Ray's numbering: checkpoint_00000N holds training_iteration N + 1; the file agrees
         for r in t.results:
@@ -84,8 +72,9 @@ def test_load_experiment_reads_a_real_sweep(sweep):
 
 
 @pytest.mark.slow
-def test_evaluate_writes_consistent_outputs_and_wandb_run(sweep):
-    exp_dir, ds = sweep
+def test_evaluate_writes_consistent_outputs_and_wandb_run(experiment_copy):
+    exp_dir = experiment_copy
+    ds = _data(exp_dir)
     exp = load_experiment(exp_dir)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -138,20 +127,23 @@ def _constant_predictor(ckpt_path: Path, cls: int) -> None:
 
 
 @pytest.mark.slow
-def test_best_trial_is_chosen_by_validation_even_when_another_is_better_on_test(sweep, tmp_path):
+def test_best_trial_is_chosen_by_validation_even_when_another_is_better_on_test(experiment_copy, tmp_path):
     """Trial A predicts class 0 everywhere, trial B class 1; the test set has 5 images of class
     0 and 1 of every other class, so A scores 5/14 on test and B 1/14. B has the higher
     validation accuracy: evaluate must report B, with B's best-epoch checkpoint."""
-    exp_src, ds_src = sweep
-    exp_dir = tmp_path / "exp"
-    shutil.copytree(exp_src, exp_dir,
-                    ignore=shutil.ignore_patterns("wandb", "*.png", "*.csv", "test_metrics.json"))
+    exp_dir = experiment_copy
     ds = tmp_path / "ds"
-    shutil.copytree(ds_src, ds)
+    shutil.copytree(_data(exp_dir), ds)
     for cls_dir in sorted((ds / "val").iterdir())[1:]:
         for f in sorted(cls_dir.iterdir())[1:]:
             f.unlink()
-    a, b = load_experiment(exp_dir).trials
+    # A must have run both epochs (ASHA may have stopped the others after one); the other
+    # trials are B and the rest, which score 0 on validation so they are never chosen
+    trials = sorted(load_experiment(exp_dir).trials, key=lambda t: -t.epochs_run)
+    a, b, rest = trials[0], trials[1], trials[2:]
+    assert a.epochs_run == 2
+    for t in rest:
+        _write_results(t.path, [dict(r, val_acc=0.0) for r in _results(t.path)])
     for trial, cls in ((a, 0), (b, 1)):
         # Ray keeps a trial's best and latest checkpoints only: give every epoch its own, as
         # a sweep with a larger num_to_keep would leave them
@@ -188,10 +180,10 @@ def test_best_trial_is_chosen_by_validation_even_when_another_is_better_on_test(
 
 
 @pytest.mark.slow
-def test_dataset_whose_classes_differ_is_refused(sweep, tmp_path):
-    exp_dir, ds_src = sweep
+def test_dataset_whose_classes_differ_is_refused(finished_experiment, tmp_path):
+    exp_dir = finished_experiment  # refused before anything is written into it
     ds = tmp_path / "other"
-    shutil.copytree(ds_src, ds)
+    shutil.copytree(_data(exp_dir), ds)
     for split in ("train", "val"):
         (ds / split / "Fungi").rename(ds / split / "Mushrooms")
     with pytest.raises(DatasetError, match="differ from the model's"):
@@ -199,14 +191,54 @@ def test_dataset_whose_classes_differ_is_refused(sweep, tmp_path):
 
 
 @pytest.mark.slow
-def test_missing_checkpoint_names_the_trial(sweep, tmp_path):
-    exp_dir = tmp_path / "exp"
-    shutil.copytree(sweep[0], exp_dir, ignore=shutil.ignore_patterns("wandb"))
+def test_missing_checkpoint_names_the_trial(experiment_copy):
+    exp_dir = experiment_copy
     best = best_trial(load_experiment(exp_dir)).trial
     for ckpt in best.checkpoints:
         shutil.rmtree(ckpt.parent)
     with pytest.raises(ExperimentError, match=f"trial {best.trial_id}.*no checkpoint"):
         evaluate_experiment(exp_dir, use_wandb=False)
+
+
+def _set_ray_status(exp_dir: Path, trial_id: str, status: str) -> None:
+    """Rewrite a trial's status in Ray's experiment_state-*.json (what experiment.py trusts)."""
+    for f in exp_dir.glob("experiment_state-*.json"):
+        data = json.loads(f.read_text())
+        for item in data["trial_data"]:
+            info = json.loads(item[0]) if isinstance(item[0], str) else item[0]
+            if info["trial_id"] == trial_id:
+                info["status"] = status
+                item[0] = json.dumps(info) if isinstance(item[0], str) else info
+        f.write_text(json.dumps(data))
+
+
+@pytest.mark.slow
+def test_analysis_report_and_evaluate_take_the_same_finished_trial(experiment_copy):
+    """The highest val_acc belongs to a trial that errored, then (second case) to one Ray
+    still runs: the analysis, the report and evaluate all name the best *finished* trial."""
+    from inat_tune import analysis as an
+    from inat_tune.report import write_report
+
+    exp_dir = experiment_copy
+    leader, *others = load_experiment(exp_dir).trials  # the leader is created first: no tie helps it
+    for t, acc in [(leader, 0.99)] + [(t, 0.5 + 0.1 * i) for i, t in enumerate(others)]:
+        _write_results(t.path, [dict(r, val_acc=acc) for r in _results(t.path)])
+    expected = others[-1].trial_id  # the best of the finished trials: 0.5 + 0.1 x (N_TRIALS - 2)
+    (leader.path / "error.txt").write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
+    for status in ("ERROR", "RUNNING"):
+        if status == "RUNNING":
+            (leader.path / "error.txt").unlink()
+        _set_ray_status(exp_dir, leader.trial_id, status)
+        (exp_dir / "test_metrics.json").unlink(missing_ok=True)  # the report must choose on its own
+        df = an.load_results(exp_dir)
+        row = df.set_index("trial_id").loc[leader.trial_id]
+        assert row["status"] == {"ERROR": "errored", "RUNNING": "unfinished"}[status]
+        assert row["best_val_acc"] == df["best_val_acc"].max() == 0.99
+        assert an.best_trial(df, an.read_space(exp_dir))["trial_id"] == expected
+        md = write_report(exp_dir, use_wandb=False).read_text()
+        assert f"Best trial {expected} " in md and f"| trial | {expected} |" in md
+        r = evaluate_experiment(exp_dir, use_wandb=False)
+        assert r["trial_id"] == expected and r["val_metric"]["value"] == pytest.approx(0.5 + 0.1 * (N_TRIALS - 2))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from helpers_sweep import run_tiny_sweep
 from inat_tune.config import RunConfig
 from inat_tune.evaluate import load_best
 from inat_tune.explain import (ChannelMax, explain_experiment, explain_model, first_activation, first_conv,
@@ -22,35 +21,15 @@ from inat_tune.models.registry import create_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU")
 
-SPACE = {
-    "model": "scratch_cnn",
-    "method": "random",
-    "metric": {"name": "val_acc", "goal": "maximize"},
-    "parameters": {
-        "image_size": {"value": 32},
-        "filters": {"value": 8},  # 8 first-layer filters (a 2 x 4 grid) ...
-        "filter_org": {"value": "double"},  # ... and 128 CONV5 channels to pick 10 from
-        "dense": {"value": 16},
-        "batch_size": {"value": 32},
-        "augment": {"value": False},
-        "epochs": {"value": 2},
-        "lr": {"values": [1e-3, 3e-3]},
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Path:
-    """A real 2-trial ``inat-tune sweep`` on a generated dataset."""
-    return run_tiny_sweep(tmp_path_factory.mktemp("ex"), SPACE)[0]
-
-
 def _size(path: Path) -> tuple[int, int]:
     return Image.open(path).size
 
 
 @pytest.mark.slow
-def test_explain_experiment_writes_the_three_figures(experiment, tmp_path):
+def test_explain_experiment_writes_the_three_figures(experiment_copy, tmp_path):
+    """On conftest's real sweep: the scratch CNN with 8 first-layer filters and 128 CONV5
+    channels (filter_org double)."""
+    experiment = experiment_copy  # explain writes its figures into the experiment folder
     with contextlib.redirect_stdout(io.StringIO()):
         paths = explain_experiment(experiment)
     assert set(paths) == {"filters", "feature_maps", "guided_backprop"}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
+from helpers_sweep import N_TRIALS
 from inat_tune import analysis as an
 from inat_tune.report import write_report
 from test_analysis import PLANTED, make_experiment, make_unfinished_leaders  # noqa: E402 - tests/ is on sys.path
@@ -185,43 +185,12 @@ def test_cli_report(exp):
     assert main(["report", str(exp / "nope"), "--no-wandb"]) == 2
 
 
-TINY_SPACE = {
-    "model": "scratch_cnn",
-    "method": "random",
-    "metric": {"name": "val_acc", "goal": "maximize"},
-    "parameters": {
-        "image_size": {"value": 32},
-        "filters": {"values": [4, 8]},
-        "dense": {"value": 8},
-        "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2},
-        "batch_size": {"value": 64},
-        "augment": {"value": False},
-        "epochs": {"value": 2},
-    },
-}
-
-
 @pytest.mark.slow
-def test_report_on_a_real_tiny_sweep(tmp_path):
-    import ray
-
-    from inat_tune.cli import main
-    from inat_tune.data.synth import make_synthetic
-
-    ds = make_synthetic(tmp_path / "ds", per_class=8, val_per_class=2, image_size=36, seed=0)
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(TINY_SPACE))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            rc = main(["sweep", str(space), "--data", str(ds), "--storage", str(tmp_path / "exps"),
-                       "--name", "tiny", "--num-samples", "3", "--no-wandb"])
-    finally:
-        ray.shutdown()
-    assert rc == 0
-    exp = tmp_path / "exps" / "tiny"
+def test_report_on_a_real_tiny_sweep(experiment_copy):
+    exp = experiment_copy  # conftest's real TPE + ASHA sweep; the report writes into its folder
     md = write_report([exp], use_wandb=False).read_text()
     trials = pd.read_csv(exp / "trials.csv")
-    assert len(trials) == 3
+    assert len(trials) == N_TRIALS
     assert set(trials["status"]) <= {"finished", "stopped_early"}
     assert (trials["epochs_run"] >= 1).all() and trials["best_val_acc"].notna().all()
     assert len(pd.read_csv(exp / "history.csv")) == int(trials["epochs_run"].sum())
