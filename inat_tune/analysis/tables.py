@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..experiment import FINISHED, choose_best
+from ..tune.budget import asha_rungs
 from .load import CONFIG_PREFIX, STATUSES, STOPPED_EARLY, ParamInfo, SpaceInfo, is_number
 
 MIN_TRIALS = 5  # fewer trials than this: no correlation or importance claim is made
@@ -144,17 +145,13 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([cost_summary(df)])
 
 
-def rungs(space: SpaceInfo, max_epochs: int) -> list[int]:
-    """ASHA's milestones: min_iter x eta^k below max_epochs (``make_scheduler``'s grace period
-    and reduction factor), then max_epochs itself."""
+def rungs(space: SpaceInfo, max_epochs: int) -> list[float]:
+    """ASHA's rungs as the sweep's scheduler placed them (:func:`inat_tune.tune.budget.asha_rungs`:
+    min_iter x eta^k below max_epochs), then max_epochs itself. Without early stopping, the
+    rungs of min_iter 1 and eta 2, as a scale to read the table against."""
     et = space.early_terminate or {}
-    lo, eta = int(et.get("min_iter", 1) or 1), int(et.get("eta", 2) or 2)
-    top = int(et.get("max_iter") or max_epochs)
-    out, r = [], max(lo, 1)
-    while r < top and eta > 1:
-        out.append(r)
-        r *= eta
-    return out + [top] if top not in out else out
+    found = asha_rungs(int(et.get("min_iter") or 1), float(et.get("eta") or 2), max_epochs)
+    return [int(r) if float(r).is_integer() else r for r in found] + [max_epochs]
 
 
 def rung_table(df: pd.DataFrame, space: SpaceInfo) -> pd.DataFrame:
