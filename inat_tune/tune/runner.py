@@ -136,7 +136,7 @@ def _local_gpus() -> int:
 
 
 def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str | None = None,
-               storage: str = "results", num_samples: int | None = None,
+               storage: str | Path = "results", num_samples: int | None = None,
                cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                max_concurrent: int | None = None, use_wandb: bool = True,
                wandb_project: str = "inat-tune", address: str | None = None, seed: int = 0,
@@ -185,7 +185,7 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
 
 
 def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str | None = None,
-          storage: str = "results", num_samples: int | None = None, cpus_per_trial: float = 1.0,
+          storage: str | Path = "results", num_samples: int | None = None, cpus_per_trial: float = 1.0,
           gpus_per_trial: float = 0.0, max_concurrent: int | None = None, use_wandb: bool = True,
           wandb_project: str = "inat-tune", address: str | None = None, seed: int = 0,
           max_failures: int = 2, overrides: Mapping[str, Any] | Iterable[str] = (),
