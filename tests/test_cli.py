@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,40 @@ def test_sweep_command_passes_its_flags_to_the_library(monkeypatch, capsys):
     monkeypatch.setattr(runner, "sweep", refuse)
     assert main(["sweep", "s.yaml", "--data", "d"]) == 2
     assert capsys.readouterr().out.strip().endswith("inat-tune sweep: error: parameters.lr.min: bad")
+
+
+def test_demo_calls_the_library_steps_in_order(monkeypatch, tmp_path, capsys):
+    import inat_tune.data.synth
+    import inat_tune.evaluate
+    import inat_tune.explain
+    import inat_tune.report
+    from inat_tune.tune import runner
+
+    calls = []
+
+    def record(step):
+        return lambda *a, **kw: calls.append((step, a, kw))
+
+    monkeypatch.setattr(inat_tune.data.synth, "make_synthetic", record("synth"))
+    monkeypatch.setattr(runner, "sweep", record("sweep"))
+    monkeypatch.setattr(inat_tune.evaluate, "evaluate_experiment", record("evaluate"))
+    monkeypatch.setattr(inat_tune.explain, "explain_experiment", record("explain"))
+    monkeypatch.setattr(inat_tune.report, "write_report", record("report"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--num-samples", "3"]) == 0
+    exp = out.resolve() / "demo-sweep"
+    assert [c[0] for c in calls] == ["synth", "sweep", "evaluate", "explain", "report"]
+    _, (space, data), kw = calls[1]
+    assert Path(space).name == "demo.yaml" and data == out.resolve() / "synthetic_data"
+    assert kw["name"] == "demo-sweep" and kw["num_samples"] == 3 and kw["resume"] is False
+    assert calls[2][1] == (exp,) and calls[4][1] == ([exp],)
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC" in printed and "[2/5] inat-tune sweep" in printed and "--num-samples 3" in printed
+    exp.mkdir(parents=True)
+    (exp / "sweep.json").write_text("{}")
+    calls.clear()
+    assert main(["demo", "--out", str(out)]) == 0
+    assert calls[1][2]["resume"] is True  # a second demo continues the first sweep
 
 
 @pytest.mark.slow
