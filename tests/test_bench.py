@@ -227,7 +227,8 @@ def test_cached_section_builds_the_cache_and_iterates_augmented_batches(tiny, tm
     x, y = to_device(cache.images, np.asarray(images.train_labels), CPU)
     r = bench_device_loader(x, y, batch_size=16, min_seconds=0.05, device=CPU)
     assert r["shape"] == [16, 3, 32, 32]
-    assert r["images"] >= 32 and r["images"] % 16 == 0  # whole batches (drop_last), >= 1 epoch
+    # whole batches (drop_last); at least the rest of the first epoch after the warm-up batch
+    assert r["images"] >= 16 and r["images"] % 16 == 0
     assert r["images_per_s"] == pytest.approx(r["images"] / r["seconds"])
     assert finite_positive(r["cpu_ms_per_image"])
 
@@ -410,4 +411,4 @@ def test_data_path_sections_on_cuda_are_finite(tiny, tmp_path):
     x, y = to_device(cache.images, np.asarray(images.train_labels), device)
     assert x.device.type == "cuda"
     r = bench_device_loader(x, y, batch_size=16, min_seconds=0.05, device=device)
-    assert finite_positive(r["images_per_s"]) and r["images"] >= 32
+    assert finite_positive(r["images_per_s"]) and r["images"] >= 16
