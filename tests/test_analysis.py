@@ -212,6 +212,23 @@ def test_history_one_row_per_trial_and_epoch(exp):
     assert per_trial.sort_index().tolist() == ran.sort_index().tolist()
 
 
+def test_history_carries_the_swept_config_columns(exp, tmp_path):
+    """load_history(EXP).to_csv is the replay table: one config/<key> per swept parameter."""
+    hist = an.load_history(exp)
+    swept = sorted(c for c in hist.columns if c.startswith("config/"))
+    assert swept == sorted(f"config/{k}" for k in SPACE["parameters"]
+                           if "value" not in SPACE["parameters"][k])
+    params = {p.parent.name.rsplit("_", 1)[-1]: json.loads(p.read_text()) for p in exp.glob("*/params.json")}
+    for tid, rows in hist.groupby("trial_id"):
+        for col in swept:
+            assert rows[col].nunique() == 1 and rows[col].iloc[0] == params[tid][col[len("config/"):]]
+    without_space = make_experiment(tmp_path / "b", with_space=False)
+    cols = {c for c in an.load_history(without_space).columns if c.startswith("config/")}
+    # no space.yaml: the keys whose value differs between trials (not image_size, epochs, model)
+    assert cols == {"config/conv_activation", "config/filters", "config/batch_norm", "config/lr",
+                    "config/dropout"}
+
+
 def test_history_keeps_the_last_report_of_a_repeated_epoch(tmp_path):
     exp = make_experiment(tmp_path, n=2, stopped=0, errored_empty=0, errored_late=0)
     d = exp / "scratch_cnn_trainable_00000000"

@@ -240,16 +240,23 @@ _BASE_COLUMNS = ["trial_id", "status", "stopped_early", "epochs_run", "epochs_bu
 
 def load_history(path: ExperimentsArg) -> pd.DataFrame:
     """Long format: one row per (experiment, trial, epoch) with every scalar metric reported
-    (train/val loss and accuracy, lr, epoch_seconds, images_per_s, time_total_s, ...). A
-    restored trial that reported an epoch twice keeps its last report."""
+    (train/val loss and accuracy, lr, epoch_seconds, images_per_s, time_total_s, ...) and a
+    ``config/<key>`` column per swept parameter (the space's non-constant ones; without a
+    space, the config keys whose value differs between trials). A restored trial that
+    reported an epoch twice keeps its last report. ``load_history(EXP).to_csv(path,
+    index=False)`` is the table ``inat-tune bench --replay`` reads."""
     exps = load_experiments(path)
     rows = []
     for exp, label in zip(exps, experiment_labels([e.path for e in exps])):
+        swept = _swept_keys(exp)
         for t in exp.trials:
+            config = _flatten(t.config)
+            tags = {CONFIG_PREFIX + k: hashable(config[k]) for k in swept if k in config}
             for r in t.results:
                 row = {"experiment": label, "trial_id": t.trial_id, "epoch": epoch_of(r)}
                 row.update({k: v for k, v in r.items()
                             if k not in _NOT_METRICS and k not in row and not isinstance(v, (dict, list))})
+                row.update(tags)
                 rows.append(row)
     if not rows:
         out = pd.DataFrame(columns=["experiment", "trial_id", "epoch"])
@@ -260,6 +267,15 @@ def load_history(path: ExperimentsArg) -> pd.DataFrame:
                .reset_index(drop=True))
     out.attrs["experiments"] = [str(e.path) for e in exps]
     return out
+
+
+def _swept_keys(exp: Experiment) -> list[str]:
+    """The parameters a sweep varied: its space's sampled ones, else config keys that differ."""
+    if exp.spec is not None:
+        return list(exp.spec.sampled())
+    configs = [_flatten(t.config) for t in exp.trials]
+    keys = sorted({k for c in configs for k in c})
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
 
 
 # ---------------------------------------------------------------------------------------------
