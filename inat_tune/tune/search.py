@@ -68,8 +68,10 @@ from .space import (
     SweepSpec,
     _plain,
     _qround,
+    max_epochs,
     tpe_conversions,
 )
+from .budget import constant_liar, startup_trials
 
 logger = logging.getLogger(__name__)
 
@@ -156,20 +158,42 @@ class WeightedChoice(Uniform):
 
 
 class WandbOptunaSearch(OptunaSearch):
-    """OptunaSearch that maps each suggestion of a mapped domain back to its W&B value.
+    """OptunaSearch that maps W&B forms back and tells Optuna how each trial really ended.
 
-    Optuna records the latent value (the quantile, the unrounded draw, the label); the trial's
-    config gets the W&B value. points_to_evaluate would be read as latent values.
+    Suggestions of a mapped domain are mapped back to their W&B value (Optuna records the
+    latent value: the quantile, the unrounded draw, the label; the trial's config gets the W&B
+    value; points_to_evaluate would be read as latent values).
+
+    Multi-fidelity wiring (Ray's OptunaSearch tells every ended trial COMPLETE with its last
+    value, so a 1-epoch accuracy that ASHA cut enters TPE as if it were final; and Tune hands a
+    trial's stopping result only to ``on_trial_complete``, so a trial cut at its first rung had no
+    intermediate value at all):
+
+    - every epoch is reported to the Optuna trial as an intermediate value (step = epoch);
+    - a trial that ran all its epochs (``epochs`` of its config, else ``max_epochs``) is
+      COMPLETE with its best epoch's value, the value the sweep's best-trial rule and its
+      checkpoints use;
+    - a trial that ended earlier (ASHA stopped it) is PRUNED: Optuna's TPE then ranks it by its
+      last step and value, below the completed trials (``prune_stopped=False`` restores Ray's
+      behaviour, for the replay benchmark's ablation);
+    - an errored trial is FAIL.
     """
 
-    def __init__(self, space=None, **kwargs):
+    def __init__(self, space=None, *, max_epochs: int | None = None, prune_stopped: bool = True,
+                 **kwargs):
         self._transforms = _transforms_of(space) if isinstance(space, dict) else {}
+        self._max_epochs = max_epochs
+        self._prune_stopped = prune_stopped
+        self._epochs: dict[str, int] = {}  # trial_id -> the epochs its config asks for
+        self._reported: dict[str, dict[int, float]] = {}  # trial_id -> {step: value}
         super().__init__(space=space, **kwargs)
 
     def set_search_properties(self, metric, mode, config, **spec):
         accepted = super().set_search_properties(metric, mode, config, **spec)
         if accepted:
             self._transforms = _transforms_of(config)
+            if self._max_epochs is None and isinstance(config.get("epochs"), int):
+                self._max_epochs = config["epochs"]
         return accepted
 
     def suggest(self, trial_id):
@@ -178,7 +202,52 @@ class WandbOptunaSearch(OptunaSearch):
             for key, transform in self._transforms.items():
                 if key in config:
                     config[key] = transform(config[key])
+            if isinstance(config.get("epochs"), (int, float)):
+                self._epochs[trial_id] = int(config["epochs"])
         return config
+
+    def on_trial_result(self, trial_id, result):
+        value, step = result.get(self.metric), result.get("training_iteration")
+        if trial_id in self._ot_trials and _finite(value) and step is not None \
+                and trial_id not in self._completed_trials:
+            self._report(trial_id, int(step), float(value))
+
+    def _report(self, trial_id: str, step: int, value: float) -> None:
+        seen = self._reported.setdefault(trial_id, {})
+        if step not in seen:  # Optuna refuses a second value for one step
+            self._ot_trials[trial_id].report(value, step)
+            seen[step] = value
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        step = (result or {}).get("training_iteration")
+        if _finite(value) and step is not None:
+            self._report(trial_id, int(step), float(value))  # the stopping result, if unseen
+        reported = self._reported.get(trial_id, {})
+        if error or not reported:
+            state, val = optuna.trial.TrialState.FAIL, None
+        else:
+            epochs = self._epochs.get(trial_id, self._max_epochs)
+            ran = max(reported)
+            stopped = epochs is not None and ran < epochs
+            if stopped and self._prune_stopped:
+                state, val = optuna.trial.TrialState.PRUNED, None  # Optuna takes the last step's value
+            else:
+                best = max if self._mode == "max" else min
+                state = optuna.trial.TrialState.COMPLETE
+                val = best(reported.values()) if self._prune_stopped else reported[ran]
+        try:
+            self._ot_study.tell(ot_trial, val, state=state)
+        except Exception as exc:  # noqa: BLE001 - Optuna refuses e.g. NaN; the sweep goes on
+            logger.warning("optuna: trial %s not recorded: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _transforms_of(space: Mapping[str, Any]) -> dict[str, Transform]:
@@ -248,23 +317,32 @@ def _to_domain(p: Param, method: str) -> Any:
 
 
 def make_search_alg(spec: SweepSpec, seed: int, max_concurrent: int | None = None, *,
-                    n_startup_trials: int | None = None) -> Any:
+                    num_samples: int | None = None, n_startup_trials: int | None = None,
+                    prune_stopped: bool = True, storage: Any = None, study_name: str | None = None,
+                    quiet: bool = False) -> Any:
     """The searcher for ``TuneConfig(search_alg=...)``.
 
     bayes: WandbOptunaSearch (an OptunaSearch) with a seeded TPESampler, wrapped in a
     ConcurrencyLimiter when max_concurrent is given; random and grid: a seeded
     BasicVariantGenerator. metric and mode are set here: leave them out of TuneConfig.
-    n_startup_trials (random trials before TPE models anything) defaults to 10, or a third of
-    run_cap (at least 2) for smaller sweeps.
+
+    TPE's random start-up trials follow the budget (``budget.startup_trials(num_samples)``,
+    num_samples defaulting to run_cap, else 30) unless ``n_startup_trials`` is given; the
+    constant liar is on unless trials run one at a time (``budget.constant_liar``).
+    ``storage``/``study_name``: an Optuna storage (the sweep's journal file) holding the study.
     """
     if spec.method != "bayes":
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
     if n_startup_trials is None:
-        n_startup_trials = 10 if spec.run_cap is None else max(2, min(10, spec.run_cap // 3))
-    for name, why in tpe_conversions(spec).items():
-        logger.warning("parameters.%s: %s", name, why)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
-    searcher = WandbOptunaSearch(metric=spec.metric, mode=spec.mode, sampler=sampler)
+        n_startup_trials = startup_trials(num_samples or spec.run_cap or 30)
+    if not quiet:
+        for name, why in tpe_conversions(spec).items():
+            logger.warning("parameters.%s: %s", name, why)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
+                                         constant_liar=constant_liar(max_concurrent))
+    searcher = WandbOptunaSearch(metric=spec.metric, mode=spec.mode, sampler=sampler,
+                                 max_epochs=max_epochs(spec), prune_stopped=prune_stopped,
+                                 storage=storage, study_name=study_name)
     if max_concurrent:
         return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     return searcher
