@@ -72,6 +72,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", default=None, help="also write the results as JSON here")
     be.add_argument("--search", action="store_true", help="compare TPE+ASHA with random search")
     be.add_argument("--quick", action="store_true", help="smaller measurements (smoke test)")
+    rp_ = be.add_argument_group("--replay: search methods replayed over recorded learning curves (nothing trained)")
+    rp_.add_argument("--replay", default=None, metavar="TABLE",
+                     help="a finished full-factorial grid experiment folder, or its load_history CSV")
+    rp_.add_argument("--seeds", type=int, default=20, help="searcher seeds per method")
+    rp_.add_argument("--num-samples", type=int, default=30, help="trials per search")
+    rp_.add_argument("--grace-period", type=int, default=1, help="ASHA's first rung (epochs)")
+    rp_.add_argument("--eta", type=float, default=3.0, help="ASHA's reduction factor")
+    rp_.add_argument("--max-concurrent", type=int, default=4, help="trials running at once")
+    rp_.add_argument("--methods", default=None,
+                     help="comma-separated (default: random,random+asha,tpe,tpe+asha,tpe+asha:complete)")
+    rp_.add_argument("--figure", default=None, help="write the anytime figure (PNG) here")
 
     de = sub.add_parser("demo", help="the whole pipeline on the synthetic dataset", formatter_class=fmt)
     de.add_argument("--out", default="results/demo", help="where the demo writes everything")
@@ -96,6 +107,12 @@ def _add_sweep_parser(sub, fmt) -> None:
     sw.add_argument("--seed", type=int, default=0, help="searcher seed")
     sw.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a config key for every trial")
+    sw.add_argument("--val-fraction", type=float, default=None,
+                    help="the sweep's validation share of train/ (default: the space's, else 0.2)")
+    sw.add_argument("--split-seed", type=int, default=None,
+                    help="seed of the sweep's validation split (default: the space's, else 0)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="check everything and print the parameters, searcher, ASHA rungs and epoch budget; start nothing")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,15 +161,20 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .data.scan import DatasetError
-    from .tune.runner import SweepError, sweep
+    from .tune.runner import SweepError, preview, sweep
     from .tune.space import SpaceError
 
+    kwargs = dict(name=args.name, storage=args.storage, num_samples=args.num_samples,
+                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                  max_concurrent=args.max_concurrent, use_wandb=not args.no_wandb,
+                  wandb_project=args.wandb_project, address=args.address, seed=args.seed,
+                  max_failures=args.max_failures, overrides=args.set,
+                  val_fraction=args.val_fraction, split_seed=args.split_seed, resume=args.resume)
     try:
-        sweep(args.space, args.data, name=args.name, storage=args.storage,
-              num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial,
-              gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-              use_wandb=not args.no_wandb, wandb_project=args.wandb_project, address=args.address,
-              seed=args.seed, max_failures=args.max_failures, overrides=args.set, resume=args.resume)
+        if args.dry_run:
+            print(preview(args.space, args.data, **kwargs))
+        else:
+            sweep(args.space, args.data, **kwargs)
     except (SweepError, SpaceError, ConfigError, DatasetError) as e:
         # On stdout, unlike the other commands' errors: the line ends the sweep's own console
         # output (progress, summary), which users and the cluster tests log as one stream.
@@ -181,6 +203,14 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import BenchOptions, run_bench
+    if args.replay is not None:
+        from .bench.replay import ReplayOptions, run_replay
+        extra = {"methods": tuple(m.strip() for m in args.methods.split(","))} if args.methods else {}
+        run_replay(ReplayOptions(table=args.replay, seeds=args.seeds, num_samples=args.num_samples,
+                                 grace_period=args.grace_period, eta=args.eta,
+                                 max_concurrent=args.max_concurrent, json_path=args.json,
+                                 figure_path=args.figure, **extra))
+        return 0
     return run_bench(BenchOptions(data=args.data, image_size=args.image_size, json_path=args.json,
                                   search=args.search, quick=args.quick))
 
@@ -200,6 +230,7 @@ _USER_ERRORS = {
     "inat_tune.data.scan": "DatasetError", "inat_tune.data.download": "DownloadError",
     "inat_tune.tune.space": "SpaceError", "inat_tune.tune.runner": "SweepError",
     "inat_tune.experiment": "ExperimentError", "inat_tune.models.pretrained": "WeightsError",
+    "inat_tune.bench.replay": "ReplayError",
 }
 
 

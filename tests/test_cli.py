@@ -61,11 +61,21 @@ def test_sweep_command_passes_its_flags_to_the_library(monkeypatch, capsys):
                  "--num-samples", "4", "--cpus-per-trial", "2", "--gpus-per-trial", "0.5",
                  "--max-concurrent", "3", "--resume", "--no-wandb", "--wandb-project", "w",
                  "--address", "auto", "--seed", "5", "--max-failures", "1",
-                 "--set", "lr=0.1", "--set", "epochs=2"]) == 0
-    assert calls == [(("s.yaml", "d"), dict(
+                 "--set", "lr=0.1", "--set", "epochs=2", "--val-fraction", "0.3",
+                 "--split-seed", "7"]) == 0
+    expected = dict(
         name="n", storage="s3://b/p", num_samples=4, cpus_per_trial=2.0, gpus_per_trial=0.5,
         max_concurrent=3, use_wandb=False, wandb_project="w", address="auto", seed=5,
-        max_failures=1, overrides=["lr=0.1", "epochs=2"], resume=True))]
+        max_failures=1, overrides=["lr=0.1", "epochs=2"], val_fraction=0.3, split_seed=7,
+        resume=True)
+    assert calls == [(("s.yaml", "d"), expected)]
+
+    previews = []
+    monkeypatch.setattr(runner, "preview", lambda *a, **kw: previews.append((a, kw)) or "PLAN")
+    calls.clear()
+    assert main(["sweep", "s.yaml", "--data", "d", "--dry-run"]) == 0
+    assert calls == [] and previews[0][0] == ("s.yaml", "d")  # --dry-run never runs the sweep
+    assert capsys.readouterr().out.strip() == "PLAN"
 
     def refuse(*a, **kw):
         raise SpaceError("parameters.lr.min: bad")
@@ -113,3 +123,24 @@ def test_demo_calls_the_library_steps_in_order(monkeypatch, tmp_path, capsys):
 def test_console_script_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "inat_tune.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "sweep" in out.stdout and "evaluate" in out.stdout
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    from inat_tune.data.synth import make_synthetic
+
+    data = make_synthetic(tmp_path / "d", per_class=4, val_per_class=1, image_size=32, seed=0)
+    space = tmp_path / "s.yaml"
+    space.write_text("model: scratch_cnn\nmethod: bayes\nmetric: {name: val_acc, goal: maximize}\n"
+                     "early_terminate: {type: hyperband, min_iter: 1, eta: 3}\n"
+                     "parameters:\n  lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}\n"
+                     "  epochs: {value: 27}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["sweep", str(space), "--data", str(data), "--storage", str(tmp_path / "exps"),
+                 "--num-samples", "30", "--max-concurrent", "4", "--split-seed", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "rungs at epochs 1, 3, 9 of max 27; keeps 1/3 at each" in out
+    assert "10 random start-up trials of 30" in out and "constant liar on" in out
+    assert "worst case 810 epochs" in out and "expected 90" in out  # 30 x 27; 30 x 3
+    assert "split_seed 2" in out and "lr " in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no experiment folder
+    assert main(["sweep", str(space), "--data", str(tmp_path / "none"), "--dry-run"]) == 2

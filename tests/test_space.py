@@ -26,6 +26,7 @@ from inat_tune.tune.space import (
     num_grid_trials,
     override,
     spec_to_dict,
+    with_split,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,6 +349,7 @@ def test_wandb_launch_keys_are_accepted_and_yaml_number_strings_read(tmp_path):
         "metric: {name: val_loss, goal: minimize, target: 0.1}\n"
         "parameters:\n"
         "  lr: {distribution: log_uniform_values, min: 1e-4, max: 1e-2}\n"  # YAML 1.1: strings
+        "  epochs: {value: 27}\n"
         "early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3, strict: true}\n")
     spec = load_space(path)
     assert spec.parameters["lr"].min == 1e-4 and spec.parameters["lr"].max == 1e-2
@@ -581,3 +583,38 @@ def test_param_space_and_searcher_pickles_load_in_a_fresh_process(tmp_path):
             "v = ps['weight_decay'].sample(random_state=np.random.default_rng(0)); "
             "assert v > 0, v; c = s.suggest('t1'); assert c['batch_size'] % 16 == 0, c")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_max_iter_must_be_the_trials_epochs():
+    """W&B's max_iter is where the brackets count down from; ASHA's last rung is the epochs."""
+    ok = load_space({**space(epochs={"value": 9}), "early_terminate":
+                     {"type": "hyperband", "max_iter": 9, "s": 2, "eta": 3}})
+    assert ok.early_terminate["min_iter"] == 1
+    with pytest.raises(SpaceError, match=r"early_terminate.max_iter: 27, but trials run at most 9 "
+                                         r"epochs.*set max_iter: 9 or leave it out"):
+        load_space({**space(epochs={"value": 9}), "early_terminate":
+                    {"type": "hyperband", "min_iter": 1, "max_iter": 27, "eta": 3}})
+
+
+@pytest.mark.parametrize("key, form", [("val_fraction", {"values": [0.1, 0.2]}),
+                                       ("split_seed", {"distribution": "int_uniform", "min": 0, "max": 3})])
+def test_split_cannot_be_searched(key, form):
+    with pytest.raises(SpaceError, match=rf"parameters.{key}: the validation split is one per sweep.*"
+                                         rf"top level of the space file or pass --{key.replace('_', '-')}"):
+        load_space(space(lr={"value": 1e-3}, **{key: form}))
+
+
+def test_split_is_a_sweep_level_setting():
+    spec = load_space({**space(lr={"value": 1e-3}), "val_fraction": 0.25, "split_seed": 3})
+    assert (spec.val_fraction, spec.split_seed) == (0.25, 3)
+    assert "val_fraction" not in spec.parameters
+    assert load_space(spec_to_dict(spec)) == spec  # round trip through space.yaml
+    legacy = load_space(space(lr={"value": 1e-3}, val_fraction={"value": 0.3}))
+    assert legacy.val_fraction == 0.3 and "val_fraction" not in legacy.parameters
+    assert with_split(spec, split_seed=5).split_seed == 5
+    with pytest.raises(SpaceError, match="val_fraction"):
+        load_space({**space(lr={"value": 1e-3}), "val_fraction": 1.5})
+    with pytest.raises(SpaceError, match="give it once"):
+        load_space({**space(lr={"value": 1e-3}, split_seed={"value": 1}), "split_seed": 2})
+    ps = to_tune_param_space(spec)  # every trial gets the sweep's split
+    assert (ps["val_fraction"], ps["split_seed"]) == (0.25, 3)

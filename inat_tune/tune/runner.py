@@ -27,11 +27,13 @@ from ..config import parse_overrides
 from ..data.pipeline import load_tuning_data
 from ..data.scan import scan_dataset
 from ..experiment import SPACE_FILE, SWEEP_FILE, Experiment, ExperimentError, best_trial, load_experiment
-from .space import SweepSpec, load_space, max_epochs, override, spec_to_dict
+from . import budget
+from .space import SweepSpec, load_space, max_epochs, num_grid_trials, override, spec_to_dict, with_split
 from .trainables import TrialSettings, make_trainable
 
 log = logging.getLogger(__name__)
 DEFAULT_NUM_SAMPLES = 20
+OPTUNA_JOURNAL = "optuna-journal.log"  # the study of a bayes sweep (optuna-dashboard opens it)
 
 
 class SweepError(ValueError):
@@ -141,6 +143,7 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
                max_concurrent: int | None = None, use_wandb: bool = True,
                wandb_project: str = "inat-tune", address: str | None = None, seed: int = 0,
                max_failures: int = 2, overrides: Mapping[str, Any] | Iterable[str] = (),
+               val_fraction: float | None = None, split_seed: int | None = None,
                resume: bool = False) -> tuple[SweepOptions, SweepSpec]:
     """The checked options and search space of a sweep; nothing is started or written.
 
@@ -154,6 +157,7 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
     fixed, override_texts = _overrides(overrides)
     if fixed:
         spec = override(spec, fixed)
+    spec = with_split(spec, val_fraction, split_seed)  # the sweep's one validation split
     if num_samples is not None and num_samples < 1:
         raise SweepError(f"--num-samples {num_samples}: must be >= 1")
     if cpus_per_trial <= 0:
@@ -189,6 +193,7 @@ def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str 
           gpus_per_trial: float = 0.0, max_concurrent: int | None = None, use_wandb: bool = True,
           wandb_project: str = "inat-tune", address: str | None = None, seed: int = 0,
           max_failures: int = 2, overrides: Mapping[str, Any] | Iterable[str] = (),
+          val_fraction: float | None = None, split_seed: int | None = None,
           resume: bool = False) -> Experiment | str:
     """Run (or, with ``resume``, continue) a Ray Tune sweep; returns the finished experiment.
 
@@ -197,6 +202,8 @@ def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str 
     strings as the CLI's ``--set``. ``name`` defaults to ``<space stem>-<timestamp>``;
     ``num_samples`` to the space's run_cap, else 20. ``address`` joins a running Ray cluster.
     Resuming needs ``name``, and keeps the settings saved in the experiment's sweep.json.
+    ``val_fraction`` / ``split_seed`` set the sweep's one validation split (else the space's
+    top-level keys, else RunConfig's defaults).
 
     Returns ``inat_tune.experiment.load_experiment`` of ``<storage>/<name>``, or that path as
     a string when ``storage`` is remote (s3://, gs://). Raises SweepError, SpaceError,
@@ -206,11 +213,77 @@ def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str 
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                             max_concurrent=max_concurrent, use_wandb=use_wandb,
                             wandb_project=wandb_project, address=address, seed=seed,
-                            max_failures=max_failures, overrides=overrides, resume=resume)
+                            max_failures=max_failures, overrides=overrides,
+                            val_fraction=val_fraction, split_seed=split_seed, resume=resume)
     run_sweep(opts, spec, resume=resume)
     if "://" in opts.experiment_path:
         return opts.experiment_path
     return load_experiment(opts.experiment_path)
+
+
+def preview(space: str | Path | Mapping[str, Any], data: str | Path, **kwargs: Any) -> str:
+    """``inat-tune sweep --dry-run``: every check ``sweep`` makes before Ray (space, overrides,
+    options, the dataset's layout, GPUs on this machine unless joining a cluster), then what the
+    sweep would do: the resolved parameters, the searcher, ASHA's rungs and the epoch budget.
+    Starts nothing and writes nothing. Keyword arguments are ``sweep``'s."""
+    opts, spec = plan_sweep(space, data, **kwargs)
+    scan_dataset(opts.data_dir)
+    if opts.address is None:
+        check_gpus(opts.gpus_per_trial, _local_gpus())
+    return describe(opts, spec)
+
+
+def num_trials(opts: SweepOptions, spec: SweepSpec) -> int:
+    """Trials the sweep runs: the grid's size for a grid, else num_samples."""
+    return num_grid_trials(spec) if spec.method == "grid" else opts.num_samples
+
+
+def search_lines(opts: SweepOptions, spec: SweepSpec) -> list[str]:
+    """The searcher and the scheduler in words (printed by every sweep and by --dry-run)."""
+    n = num_trials(opts, spec)
+    if spec.method == "bayes":
+        k = budget.startup_trials(n)
+        liar = "on" if budget.constant_liar(opts.max_concurrent) else "off (one trial at a time)"
+        searcher = (f"searcher: Optuna TPE (seed {opts.seed}): {min(k, n)} random start-up trials of {n}, "
+                    f"then TPE; constant liar {liar}; ASHA-stopped trials reach Optuna as PRUNED")
+    elif spec.method == "random":
+        searcher = f"searcher: random (seed {opts.seed}), {n} trials"
+    else:
+        searcher = f"searcher: grid, {n} configurations, each once"
+    et = spec.early_terminate
+    b = budget.sweep_budget(n, max_epochs(spec), et["min_iter"] if et else None, et["eta"] if et else None)
+    sched = f"scheduler: ASHA, {b.describe_rungs()}" if et else f"scheduler: none, {b.describe_rungs()}"
+    return [searcher, sched]
+
+
+def describe(opts: SweepOptions, spec: SweepSpec) -> str:
+    """Everything ``--dry-run`` prints, as text."""
+    n = num_trials(opts, spec)
+    et = spec.early_terminate
+    b = budget.sweep_budget(n, max_epochs(spec), et["min_iter"] if et else None, et["eta"] if et else None)
+    lines = [f"sweep {opts.name} (dry run: nothing started, nothing written)",
+             f"model {spec.model}, method {spec.method}, {spec.metric} ({'max' if spec.mode == 'max' else 'min'}imised)",
+             f"data {opts.data_dir}: validation split {spec.val_fraction:g} of train/ (split_seed "
+             f"{spec.split_seed}), the same for every trial",
+             f"experiment folder {opts.experiment_path}",
+             "parameters:"]
+    for name, p in spec.parameters.items():
+        form = p.to_dict()
+        text = (f"= {form['value']!r}" if "value" in form else
+                f"one of {form['values']!r}" if "values" in form else
+                ", ".join(f"{k} {v!r}" for k, v in form.items()))
+        lines.append(f"  {name:<18} {text}")
+    lines += search_lines(opts, spec)
+    if et:
+        lines.append(f"budget: {n} trials x up to {b.max_epochs} epochs: worst case {b.worst} epochs "
+                     f"(ASHA stops nobody), expected {b.expected:.0f} (ASHA keeps 1/{et['eta']:g} "
+                     f"at each rung; early in a sweep it keeps more)")
+    else:
+        lines.append(f"budget: {n} trials x {b.max_epochs} epochs = {b.worst} epochs")
+    gpu = f" + {opts.gpus_per_trial:g} GPU" if opts.gpus_per_trial else ""
+    lines.append(f"resources: {opts.cpus_per_trial:g} CPU{gpu} per trial"
+                 + (f", at most {opts.max_concurrent} at once" if opts.max_concurrent else ""))
+    return "\n".join(lines)
 
 
 def _overrides(overrides: Mapping[str, Any] | Iterable[str] | str) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -293,10 +366,10 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
     # Decode once, before the trials: every trial on this node then maps the same cache. A
     # continuous image-size range is cached by the trials themselves (under the same lock).
     from ..config import RunConfig
-    split_cfg = RunConfig()
     manifest = Path(os.environ.get("TMPDIR", "/tmp")) / f"inat-tune-manifest-{os.getpid()}.json"
-    for size in _image_sizes(space) or [split_cfg.image_size]:
-        data = load_tuning_data(opts.data_dir, size, split_cfg.val_fraction, split_cfg.split_seed,
+    for size in _image_sizes(space) or [RunConfig().image_size]:
+        # the split every trial uses (to_tune_param_space gives each trial these two values)
+        data = load_tuning_data(opts.data_dir, size, space.val_fraction, space.split_seed,
                                 images=images)
         data.write_manifest(manifest)  # the split is the same for every size
         del data
@@ -340,11 +413,16 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
         _write_experiment_files(opts, space, manifest)
+        for line in search_lines(opts, space):
+            print(line)
+        searcher = make_search_alg(space, seed=opts.seed, max_concurrent=opts.max_concurrent,
+                                   num_samples=num_trials(opts, space), storage=_optuna_storage(opts, space),
+                                   study_name=opts.name)
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune_param_space(space),
             tune_config=tune.TuneConfig(
-                search_alg=make_search_alg(space, seed=opts.seed, max_concurrent=opts.max_concurrent),
+                search_alg=searcher,
                 scheduler=make_scheduler(space, max_epochs(space)),
                 num_samples=opts.num_samples,  # metric/mode live in the searcher and scheduler
                 reuse_actors=False,  # a fresh process per trial: its GPU memory is freed at exit
@@ -356,6 +434,26 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
     manifest.unlink(missing_ok=True)
     _print_summary(results, opts, space, time.time() - t0)
     return results
+
+
+def _optuna_storage(opts: SweepOptions, spec: SweepSpec) -> Any:
+    """A bayes sweep's Optuna study lives in the experiment folder as a journal file, so
+    ``optuna-dashboard <exp>/optuna-journal.log`` shows it while the sweep runs and
+    ``optuna.load_study(study_name=<name>, storage=JournalStorage(...))`` reads it after; on
+    --resume Tune restores the searcher, and with it this storage. A journal needs a local
+    filesystem with file locks: on s3:// or gs:// the study stays in Tune's searcher state."""
+    if spec.method != "bayes":
+        return None
+    if "://" in opts.experiment_path:
+        print(f"optuna: the study is kept in Tune's searcher state ({opts.experiment_path} is "
+              "remote; a journal file needs a local filesystem)")
+        return None
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(opts.experiment_path) / OPTUNA_JOURNAL
+    print(f"optuna: study {opts.name!r} in {path} (optuna-dashboard {path})")
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
 # The state files Tune restores an experiment from; it reads the newest (by name) of each kind.

@@ -266,7 +266,8 @@ def to_tune_param_space(spec: SweepSpec) -> dict[str, Any]:
     bayes, pass the searcher from ``make_search_alg(spec, ...)``: a plain OptunaSearch would
     hand trials the latent values of the mapped domains (see the module docstring).
     """
-    space: dict[str, Any] = {"model": spec.model}
+    space: dict[str, Any] = {"model": spec.model, "val_fraction": spec.val_fraction,
+                             "split_seed": spec.split_seed}  # one validation split per sweep
     for name, p in spec.parameters.items():
         space[name] = _to_domain(p, spec.method)
     return space

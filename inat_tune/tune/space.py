@@ -38,8 +38,11 @@ GOALS = {"maximize": "max", "minimize": "min"}
 # details: accepted so a W&B file loads unchanged, and ignored.
 TOP_LEVEL_KEYS = (
     "program", "method", "metric", "parameters", "early_terminate", "name", "description",
-    "project", "entity", "command", "run_cap", "model",
+    "project", "entity", "command", "run_cap", "model", "val_fraction", "split_seed",
 )
+# One validation split per sweep: trials ranked on different validation images cannot be
+# compared, so these are sweep-level settings (top-level keys or --val-fraction/--split-seed).
+SWEEP_LEVEL_KEYS = ("val_fraction", "split_seed")
 IGNORED_KEYS = ("program", "command", "project", "entity")
 EARLY_TERMINATE_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")
 
@@ -163,6 +166,8 @@ class SweepSpec:
     name: str | None = None
     description: str | None = None
     run_cap: int | None = None  # W&B's cap on runs: a default for --num-samples
+    val_fraction: float = RunConfig.val_fraction  # the sweep's one validation split
+    split_seed: int = RunConfig.split_seed
 
     def sampled(self) -> dict[str, Param]:
         """The parameters that vary from trial to trial."""
@@ -220,12 +225,13 @@ def load_space(path_or_dict: str | Path | Mapping[str, Any]) -> SweepSpec:
                                           where=f"parameters.{name}"))
         params[name] = _parse_param(name, form)
 
+    split = _parse_split(raw, params)
     params = _check_against_runconfig(model, params)
     _check_method(method, params)
 
     spec = SweepSpec(model=model, method=method, metric=metric, mode=mode, parameters=params,
                      early_terminate=None, name=raw.get("name"),
-                     description=raw.get("description"), run_cap=run_cap)
+                     description=raw.get("description"), run_cap=run_cap, **split)
     et = _parse_early_terminate(raw.get("early_terminate"), max_epochs(spec))
     return dataclasses.replace(spec, early_terminate=et)
 
@@ -249,10 +255,46 @@ def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
     for key in ("name", "description", "run_cap"):
         if getattr(spec, key) is not None:
             out[key] = getattr(spec, key)
+    if (spec.val_fraction, spec.split_seed) != (RunConfig.val_fraction, RunConfig.split_seed):
+        out["val_fraction"], out["split_seed"] = spec.val_fraction, spec.split_seed
     out["parameters"] = {k: p.to_dict() for k, p in spec.parameters.items()}
     if spec.early_terminate is not None:
         out["early_terminate"] = dict(spec.early_terminate)
     return out
+
+
+def _parse_split(raw: Mapping[str, Any], params: dict[str, Param]) -> dict[str, Any]:
+    """The sweep-level split settings. A constant under ``parameters`` (a W&B file may have
+    one) is taken as the sweep's; a searched one is refused: every trial must be ranked on the
+    same validation images. Removes them from ``params``."""
+    out: dict[str, Any] = {}
+    for key in SWEEP_LEVEL_KEYS:
+        p = params.pop(key, None)
+        if p is not None and not p.is_constant:
+            raise SpaceError(f"parameters.{key}: the validation split is one per sweep (trials are "
+                             f"ranked against each other on it), so {key} cannot be searched; write "
+                             f"`{key}: <value>` at the top level of the space file or pass "
+                             f"--{key.replace('_', '-')}")
+        top = raw.get(key)
+        if p is not None and top is not None and p.value != top:
+            raise SpaceError(f"{key}: {top!r} at the top level but {p.value!r} under parameters; "
+                             "give it once, at the top level")
+        value = top if top is not None else (p.value if p is not None else None)
+        if value is not None:
+            try:
+                out[key] = getattr(RunConfig.from_dict({key: value}), key)
+            except ConfigError as e:
+                raise SpaceError(f"{key}: {e}") from None
+    return out
+
+
+def with_split(spec: SweepSpec, val_fraction: float | None = None,
+               split_seed: int | None = None) -> SweepSpec:
+    """The spec with the sweep's split set (``--val-fraction`` / ``--split-seed``), checked."""
+    raw = {k: v for k, v in (("val_fraction", val_fraction), ("split_seed", split_seed)) if v is not None}
+    if not raw:
+        return spec
+    return dataclasses.replace(spec, **_parse_split(raw, {}))
 
 
 def max_epochs(spec: SweepSpec) -> int:
@@ -594,6 +636,14 @@ def _parse_early_terminate(raw: Any, epochs_max: int) -> dict[str, Any] | None:
     if out["min_iter"] > epochs_max:
         raise SpaceError(f"early_terminate.min_iter: {out['min_iter']} exceeds the most epochs a "
                          f"trial runs ({epochs_max}); nothing would ever be stopped early")
+    # W&B's max_iter is the iteration count the brackets count down from (max_iter / eta**k).
+    # Here ASHA's last rung is the trials' own epochs (max_t), so max_iter works as W&B defines
+    # it only when the two agree; anything else would silently mean two different schedules.
+    if "max_iter" in out and out["max_iter"] != epochs_max:
+        raise SpaceError(f"early_terminate.max_iter: {out['max_iter']}, but trials run at most "
+                         f"{epochs_max} epochs (parameters.epochs); ASHA's last rung is the trials' "
+                         f"epochs, so set max_iter: {epochs_max} or leave it out (min_iter sets the "
+                         "first rung)")
     return out
 
 
