@@ -50,7 +50,7 @@ from .tune.space import SpaceError, SweepSpec, load_space
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"  # same name as inat_tune.tune.runner.SWEEP_FILE (not imported: no Ray)
+SWEEP_FILE = "sweep.json"  # written by tune.runner, which imports SWEEP_FILE and SPACE_FILE from here
 SPACE_FILE = "space.yaml"
 CHECKPOINT_NAME = "checkpoint.pt"  # inat_tune.train.CHECKPOINT_NAME
 TRIAL_FILES = ("params.json", "result.json", "error.txt")  # a folder with one of them is a trial
