@@ -81,7 +81,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     rp_.add_argument("--eta", type=float, default=3.0, help="ASHA's reduction factor")
     rp_.add_argument("--max-concurrent", type=int, default=4, help="trials running at once")
     rp_.add_argument("--methods", default=None,
-                     help="comma-separated (default: random,random+asha,tpe,tpe+asha,tpe+asha:complete)")
+                     help="comma-separated (default: all of inat_tune.bench.replay.METHODS)")
     rp_.add_argument("--figure", default=None, help="write the anytime figure (PNG) here")
 
     de = sub.add_parser("demo", help="the whole pipeline on the synthetic dataset", formatter_class=fmt)
@@ -229,7 +229,7 @@ COMMANDS = {"data": cmd_data, "count": cmd_count, "train": cmd_train, "sweep": c
 _USER_ERRORS = {
     "inat_tune.data.scan": "DatasetError", "inat_tune.data.download": "DownloadError",
     "inat_tune.tune.space": "SpaceError", "inat_tune.tune.runner": "SweepError",
-    "inat_tune.experiment": "ExperimentError", "inat_tune.models.pretrained": "WeightsError",
+    "inat_tune.experiment": "ExperimentError", "inat_tune.models.weights": "WeightsError",
     "inat_tune.bench.replay": "ReplayError",
 }
 

@@ -51,15 +51,9 @@ def test_importing_the_models_imports_nothing_from_the_data_path():
     assert [m for m in loaded if m.startswith("inat_tune.data")] == []
 
 
-def test_the_transitional_re_exports_of_pretrained_are_the_moved_objects():
-    # Until tune/runner.py (get_backbone, trainable_stages) and cli.py (WeightsError) import the
-    # new homes, models.pretrained re-exports exactly these three, as the same objects; the other
-    # moved names are imported from their own modules everywhere and are no longer re-exported.
-    from inat_tune.models import backbones, freezing, pretrained, weights
+def test_pretrained_exports_only_its_own_names():
+    # backbones, weights and freezing are imported from their own modules everywhere
+    from inat_tune.models import pretrained
 
-    assert pretrained.WeightsError is weights.WeightsError
-    assert pretrained.get_backbone is backbones.get_backbone
-    assert pretrained.trainable_stages is freezing.trainable_stages
+    assert set(pretrained.__all__) == {"FinetuneModel", "FrozenPrefix", "build_finetune_model"}
     assert all(hasattr(pretrained, name) for name in pretrained.__all__)
-    own = {"FinetuneModel", "FrozenPrefix", "build_finetune_model"}
-    assert set(pretrained.__all__) - own == {"WeightsError", "get_backbone", "trainable_stages"}

@@ -14,8 +14,9 @@ realistic order. Per method and searcher seed it records the epochs used, the be
 found, and the epochs it took to first reach random search's final best of the same seed.
 
 Methods (``METHODS``): ``random`` (every trial to full epochs), ``random+asha``, ``tpe``,
-``tpe+asha``, and ``tpe+asha:complete``: the ablation where trials that ASHA stopped are told
-to Optuna as COMPLETE with their last value (Ray's ``OptunaSearch`` behaviour) instead of PRUNED.
+``tpe+asha``, ``tpe+asha:complete`` (the ablation where trials that ASHA stopped are told to
+Optuna as COMPLETE with their last value, Ray's ``OptunaSearch`` behaviour, instead of PRUNED)
+and ``tpe+asha:multivariate`` (Optuna's multivariate TPE).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .search import epochs_to_reach  # the same rule as bench --search
+
 CONFIG_PREFIX = "config/"
 REQUIRED_COLUMNS = ("trial_id", "epoch", "val_acc", "epoch_seconds")
 
@@ -41,6 +44,7 @@ class Method:
     method: str  # bayes | random
     asha: bool
     prune_stopped: bool = True  # ASHA-stopped trials told to Optuna as PRUNED (else COMPLETE)
+    multivariate: bool = False  # TPE over the joint distribution of the parameters
 
 
 METHODS = {
@@ -49,6 +53,7 @@ METHODS = {
     "tpe": Method("bayes", asha=False),
     "tpe+asha": Method("bayes", asha=True),
     "tpe+asha:complete": Method("bayes", asha=True, prune_stopped=False),
+    "tpe+asha:multivariate": Method("bayes", asha=True, multivariate=True),
 }
 
 
@@ -79,7 +84,7 @@ class ReplayOptions:
     table: str
     seeds: int = 20
     num_samples: int = 30
-    methods: tuple[str, ...] = ("random", "random+asha", "tpe", "tpe+asha", "tpe+asha:complete")
+    methods: tuple[str, ...] = tuple(METHODS)
     grace_period: int = 1  # ASHA's first rung (W&B early_terminate.min_iter)
     eta: float = 3.0  # ASHA's reduction factor
     max_concurrent: int = 4  # trials running at once (as on one GPU at 0.25 per trial)
@@ -261,7 +266,7 @@ def simulate(table: ReplayTable, name: str, seed: int, opts: ReplayOptions) -> l
     if method.method == "bayes":
         searcher = make_search_alg(spec, seed=seed, max_concurrent=opts.max_concurrent,
                                    num_samples=opts.num_samples, prune_stopped=method.prune_stopped,
-                                   quiet=True)
+                                   multivariate=method.multivariate, quiet=True)
         searcher.set_search_properties(None, None, to_tune_param_space(spec))
     else:
         rng = np.random.RandomState(seed)
@@ -327,7 +332,7 @@ def replay_through_tune(table: ReplayTable, name: str, seed: int, opts: ReplayOp
     spec = replay_spec(table, method, opts)
     searcher = make_search_alg(spec, seed=seed, max_concurrent=opts.max_concurrent,
                                num_samples=opts.num_samples, prune_stopped=method.prune_stopped,
-                               quiet=True)
+                               multivariate=method.multivariate, quiet=True)
     scheduler = make_scheduler(spec, table.epochs)
     received: list[tuple[str, int, float]] = []
 
@@ -368,14 +373,6 @@ def running_best(received: Sequence[tuple[str, int, float]]) -> list[float]:
     return out
 
 
-def epochs_to_reach(curve: Sequence[float], target: float) -> int | None:
-    """The first cumulative epoch count at which ``curve`` reaches ``target``, or None."""
-    for i, v in enumerate(curve):
-        if v >= target - 1e-12:
-            return i + 1
-    return None
-
-
 def score(curves: dict[str, list[list[float]]]) -> dict[str, dict[str, list]]:
     """Per method and seed: epochs used, best found, epochs to random's final best, and whether
     its best at no more epochs than random used is at least random's final best."""
@@ -389,7 +386,7 @@ def score(curves: dict[str, list[list[float]]]) -> dict[str, dict[str, list]]:
             m["best"].append(curve[-1])
             m["epochs_to_random_best"].append(epochs_to_reach(curve, target))
             at = curve[min(len(curve), len(ref[seed])) - 1]
-            m["beats_random_at_equal_epochs"].append(bool(at >= target - 1e-12))
+            m["beats_random_at_equal_epochs"].append(epochs_to_reach([at], target) is not None)
         out[name] = m
     return out
 

@@ -27,13 +27,9 @@ from ..config import RunConfig
 from . import freezing
 from .backbones import HEAD, Backbone, Piece, build_net, get_backbone, preprocessing, replace_head
 from .freezing import trainable_stages
-from .weights import WeightsError, load_backbone_state, resolve_weights
+from .weights import load_backbone_state, resolve_weights
 
-__all__ = ["FinetuneModel", "FrozenPrefix", "build_finetune_model",
-           # Transitional re-exports, for the last importers from here that predate the split:
-           # tune/runner.py (get_backbone: models.backbones, trainable_stages: models.freezing)
-           # and cli.py (WeightsError: models.weights). Drop them once those import the new homes.
-           "WeightsError", "get_backbone", "trainable_stages"]
+__all__ = ["FinetuneModel", "FrozenPrefix", "build_finetune_model"]
 
 log = logging.getLogger(__name__)
 

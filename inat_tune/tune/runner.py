@@ -114,7 +114,8 @@ def check_gpus(gpus_per_trial: float, available: float | None) -> None:
 def check_backbones(space: SweepSpec) -> None:
     """Every (backbone, strategy) pair the space can draw names a real backbone and stage."""
     from ..config import RunConfig
-    from ..models.pretrained import get_backbone, trainable_stages
+    from ..models.backbones import get_backbone
+    from ..models.freezing import trainable_stages
 
     def points(key: str) -> list:
         p = space.parameters.get(key)

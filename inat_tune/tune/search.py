@@ -319,8 +319,8 @@ def _to_domain(p: Param, method: str) -> Any:
 
 def make_search_alg(spec: SweepSpec, seed: int, max_concurrent: int | None = None, *,
                     num_samples: int | None = None, n_startup_trials: int | None = None,
-                    prune_stopped: bool = True, storage: Any = None, study_name: str | None = None,
-                    quiet: bool = False) -> Any:
+                    prune_stopped: bool = True, multivariate: bool = False, storage: Any = None,
+                    study_name: str | None = None, quiet: bool = False) -> Any:
     """The searcher for ``TuneConfig(search_alg=...)``.
 
     bayes: WandbOptunaSearch (an OptunaSearch) with a seeded TPESampler, wrapped in a
@@ -331,6 +331,8 @@ def make_search_alg(spec: SweepSpec, seed: int, max_concurrent: int | None = Non
     num_samples defaulting to run_cap, else 30) unless ``n_startup_trials`` is given; the
     constant liar is on unless trials run one at a time (``budget.constant_liar``).
     ``storage``/``study_name``: an Optuna storage (the sweep's journal file) holding the study.
+    ``multivariate``: TPE over the joint distribution (off: the replay benchmark found no gain;
+    results/BENCHMARKS.md).
     """
     if spec.method != "bayes":
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
@@ -340,7 +342,8 @@ def make_search_alg(spec: SweepSpec, seed: int, max_concurrent: int | None = Non
         for name, why in tpe_conversions(spec).items():
             logger.warning("parameters.%s: %s", name, why)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
-                                         constant_liar=constant_liar(max_concurrent))
+                                         constant_liar=constant_liar(max_concurrent),
+                                         multivariate=multivariate)
     searcher = WandbOptunaSearch(metric=spec.metric, mode=spec.mode, sampler=sampler,
                                  max_epochs=max_epochs(spec), prune_stopped=prune_stopped,
                                  storage=storage, study_name=study_name)
