@@ -274,3 +274,79 @@ def test_flip_only_gives_image_or_its_mirror():
     mirrored = [(o - r.flip(-1)).abs().max() < 1e-4 for o, r in zip(out, ref)]
     assert all(s or m for s, m in zip(same, mirrored))
     assert 4 < sum(mirrored) < 28  # about half are flipped
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch's augmentation numbers are drawn once and copied once (no host sync per batch); a
+# seeded epoch must give exactly what the per-batch drawing gave. _old_epoch is that code, as it
+# was before (it drew, per batch: crop b x 4, flip b, jitter b x 3 x 1 x 1 x 1, after the
+# permutation, from the same CPU generator).
+
+def _old_crop_flip(x, aug, gen):
+    import math
+
+    import torch.nn.functional as F
+    b = x.shape[0]
+    rand = torch.rand(b, 4, generator=gen)
+    lo, hi = aug.crop_scale
+    area = lo + (hi - lo) * rand[:, 0]
+    log_r = math.log(aug.crop_ratio[0]) + (math.log(aug.crop_ratio[1]) - math.log(aug.crop_ratio[0])) * rand[:, 1]
+    ratio = torch.exp(log_r)
+    sw = torch.sqrt(area * ratio).clamp(max=1.0)
+    sh = torch.sqrt(area / ratio).clamp(max=1.0)
+    tx = (1 - sw) * (2 * rand[:, 2] - 1)
+    ty = (1 - sh) * (2 * rand[:, 3] - 1)
+    sign = torch.ones(b)
+    if aug.flip:
+        sign = torch.where(torch.rand(b, generator=gen) < 0.5, -sign, sign)
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw * sign, tx, sh, ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _old_jitter(x, strength, gen):
+    f = 1 + strength * (2 * torch.rand(x.shape[0], 3, 1, 1, 1, generator=gen) - 1)
+    x = x * f[:, 0]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * f[:, 1] + mean
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return ((x - gray) * f[:, 2] + gray).clamp_(0, 1)
+
+
+def _old_epoch(dl: DeviceLoader):
+    n = len(dl.y)
+    gen = dl._generator()
+    order = torch.randperm(n, generator=gen) if dl.shuffle else torch.arange(n)
+    out = []
+    for i in range(len(dl)):
+        idx = order[i * dl.batch_size:min((i + 1) * dl.batch_size, n)]
+        xb = dl.x[idx].float().div_(255)
+        xb = _old_crop_flip(xb, dl.augment, gen)
+        if dl.augment.color_jitter > 0:
+            xb = _old_jitter(xb, dl.augment.color_jitter, gen)
+        out.append(((xb - dl.mean) / dl.std, dl.y[idx]))
+    return out
+
+
+@pytest.mark.parametrize("aug", [Augment(), Augment(flip=False), Augment(color_jitter=0.4),
+                                 Augment(flip=False, color_jitter=0.3)], ids=str)
+@pytest.mark.parametrize("shuffle,drop_last", [(True, False), (True, True), (False, False)])
+def test_seeded_epoch_augmentation_unchanged_by_drawing_once(aug, shuffle, drop_last):
+    rng = np.random.default_rng(0)
+    x, y = to_device(rng.integers(0, 256, (37, 16, 16, 3), dtype=np.uint8), np.arange(37) % 10, "cpu")
+    dl = DeviceLoader(x, y, 8, shuffle=shuffle, augment=aug, seed=3, drop_last=drop_last)
+    dl.set_epoch(2)
+    new, old = list(dl), _old_epoch(dl)
+    assert len(new) == len(old) == (4 if drop_last else 5)
+    for (xn, yn), (xo, yo) in zip(new, old):
+        assert torch.equal(yn, yo)
+        assert torch.equal(xn, xo)  # bit for bit: the same numbers, the same arithmetic
+
+
+def test_epoch_params_are_one_tensor_on_the_loader_device():
+    x, y = to_device(np.zeros((10, 8, 8, 3), np.uint8), np.arange(10) % 10, "cpu")
+    dl = DeviceLoader(x, y, 4, shuffle=True, augment=Augment(color_jitter=0.2))
+    params = dl.epoch_params(dl._generator())
+    assert params.shape == (10, 8) and params.device == x.device
+    assert DeviceLoader(x, y, 4).epoch_params(dl._generator()) is None  # no augmentation

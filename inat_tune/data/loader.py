@@ -41,11 +41,42 @@ def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device | str
     return x.permute(0, 3, 1, 2), y
 
 
-def random_resized_crop_flip(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor:
-    """Per-image random resized crop and horizontal flip of a float batch, in one grid_sample."""
+def param_columns(aug: Augment) -> int:
+    """Random numbers per image that ``aug`` uses: 4 for the crop, 1 for the flip, 3 for the
+    colour jitter (brightness, contrast, saturation)."""
+    return 4 + (1 if aug.flip else 0) + (3 if aug.color_jitter > 0 else 0)
+
+
+def draw_params(aug: Augment, b: int, gen: torch.Generator) -> torch.Tensor:
+    """The random numbers of one batch of ``b`` images (``b x param_columns(aug)``, float32, on
+    ``gen``'s device), drawn in the order the per-batch code always drew them: crop (b x 4), flip
+    (b), jitter (b x 3). Drawing a whole epoch batch by batch with this gives the same values
+    as before, so seeded epochs are unchanged."""
+    parts = [torch.rand(b, 4, generator=gen, device=gen.device)]
+    if aug.flip:
+        parts.append(torch.rand(b, generator=gen, device=gen.device).view(b, 1))
+    if aug.color_jitter > 0:
+        parts.append(torch.rand(b, 3, 1, 1, 1, generator=gen, device=gen.device).view(b, 3))
+    return torch.cat(parts, dim=1)
+
+
+def _as_params(x: torch.Tensor, aug: Augment, params: torch.Tensor | torch.Generator) -> torch.Tensor:
+    """``params`` as given, or drawn now from a generator (then copied: one sync, kept for
+    callers that pass a generator)."""
+    if isinstance(params, torch.Generator):
+        return draw_params(aug, x.shape[0], params).to(x.device)
+    return params
+
+
+def random_resized_crop_flip(x: torch.Tensor, aug: Augment,
+                             params: torch.Tensor | torch.Generator) -> torch.Tensor:
+    """Per-image random resized crop and horizontal flip of a float batch, in one grid_sample.
+
+    ``params``: the batch's rows of :func:`draw_params` already on ``x``'s device (no host
+    sync), or a generator to draw them from now."""
     b = x.shape[0]
     dev = x.device
-    rand = torch.rand(b, 4, generator=gen, device=gen.device).to(dev)
+    rand = _as_params(x, aug, params)
     lo, hi = aug.crop_scale
     area = lo + (hi - lo) * rand[:, 0]
     log_r = math.log(aug.crop_ratio[0]) + (math.log(aug.crop_ratio[1]) - math.log(aug.crop_ratio[0])) * rand[:, 1]
@@ -58,7 +89,7 @@ def random_resized_crop_flip(x: torch.Tensor, aug: Augment, gen: torch.Generator
     ty = (1 - sh) * (2 * rand[:, 3] - 1)
     sign = torch.ones(b, device=dev)
     if aug.flip:
-        flip = torch.rand(b, generator=gen, device=gen.device).to(dev) < 0.5
+        flip = rand[:, 4] < 0.5
         sign = torch.where(flip, -sign, sign)
     theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
     theta[:, 0, 0] = sw * sign
@@ -69,16 +100,29 @@ def random_resized_crop_flip(x: torch.Tensor, aug: Augment, gen: torch.Generator
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation jitter per image, factors in [1-s, 1+s]; x in [0, 1]."""
+def color_jitter(x: torch.Tensor, strength: float, params: torch.Tensor | torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter per image, factors in [1-s, 1+s]; x in [0, 1].
+
+    ``params``: b x 3 uniform numbers on ``x``'s device (the last 3 columns of
+    :func:`draw_params`), or a generator to draw them from now."""
     b = x.shape[0]
-    f = 1 + strength * (2 * torch.rand(b, 3, 1, 1, 1, generator=gen, device=gen.device).to(x.device) - 1)
+    if isinstance(params, torch.Generator):
+        params = torch.rand(b, 3, 1, 1, 1, generator=params, device=params.device).to(x.device)
+    f = 1 + strength * (2 * params.reshape(b, 3, 1, 1, 1) - 1)
     x = x * f[:, 0]
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * f[:, 1] + mean
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = (x - gray) * f[:, 2] + gray
     return x.clamp_(0, 1)
+
+
+def to_device_once(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without blocking the host: pinned, non_blocking on CUDA
+    (the pinned buffer is kept alive by the caching host allocator until the copy is done)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 class DeviceLoader:
@@ -116,14 +160,34 @@ class DeviceLoader:
         # CPU generator for all devices: identical draws on CPU and CUDA for a seed.
         return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
 
-    def transform(self, xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def _augments(self) -> bool:
+        return self.augment is not None and self.x.dtype == torch.uint8
+
+    def epoch_params(self, gen: torch.Generator) -> torch.Tensor | None:
+        """The whole epoch's augmentation numbers (one row per image, batch after batch),
+        drawn on the CPU generator exactly as the per-batch code drew them, copied to the
+        device once: no host sync per batch."""
+        if not self._augments():
+            return None
+        n = len(self.y)
+        rows = [draw_params(self.augment, min((i + 1) * self.batch_size, n) - i * self.batch_size, gen)
+                for i in range(len(self))]
+        if not rows:
+            return None
+        return to_device_once(torch.cat(rows), self.x.device)
+
+    def transform(self, xb: torch.Tensor, params: torch.Tensor | torch.Generator | None) -> torch.Tensor:
+        """Scale, augment (with ``params``: this batch's rows of :meth:`epoch_params` on the
+        device, or a generator to draw them from) and normalise a batch."""
         if xb.dtype != torch.uint8:
             return xb
         xb = xb.float().div_(255)
-        if self.augment is not None and gen is not None:
-            xb = random_resized_crop_flip(xb, self.augment, gen)
+        if self.augment is not None and params is not None:
+            if isinstance(params, torch.Generator):
+                params = draw_params(self.augment, xb.shape[0], params).to(xb.device)
+            xb = random_resized_crop_flip(xb, self.augment, params)
             if self.augment.color_jitter > 0:
-                xb = color_jitter(xb, self.augment.color_jitter, gen)
+                xb = color_jitter(xb, self.augment.color_jitter, params[:, -3:])
         xb = (xb - self.mean) / self.std
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -132,10 +196,12 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
         gen = self._generator()
-        order = torch.randperm(n, generator=gen).to(self.y.device) if self.shuffle else None
+        # the permutation first, then the augmentation numbers: the generator's order of old
+        order = to_device_once(torch.randperm(n, generator=gen), self.y.device) if self.shuffle else None
+        params = self.epoch_params(gen)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
             idx = order[sl] if order is not None else None
             xb = self.x[idx] if idx is not None else self.x[sl]
             yb = self.y[idx] if idx is not None else self.y[sl]
-            yield self.transform(xb, gen), yb
+            yield self.transform(xb, params[sl] if params is not None else None), yb
