@@ -21,9 +21,22 @@ ACTIVATIONS = ("relu", "gelu", "silu", "mish", "leaky_relu", "elu", "tanh", "sel
 FILTER_ORGS = ("same", "double", "half")
 OPTIMIZERS = ("adam", "adamw", "sgd", "nadam")
 SCHEDULES = ("cosine", "onecycle", "none")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MODELS = ("scratch_cnn", "finetune")
 MIN_IMAGE_SIZE = 32  # five 2x2 max-pools need at least 2**5 pixels per side
+
+
+# Names other tools use for our keys (Keras, timm, W&B examples): the hint of an unknown key.
+ALIASES = {"learning_rate": "lr", "lr_rate": "lr", "num_epochs": "epochs", "n_epochs": "epochs",
+           "max_epochs": "epochs", "batch": "batch_size", "batchsize": "batch_size", "bs": "batch_size",
+           "wd": "weight_decay", "num_filters": "filters", "n_filters": "filters",
+           "kernel": "kernel_size", "activation": "conv_activation", "bn": "batch_norm",
+           "batchnorm": "batch_norm", "dense_size": "dense", "hidden": "dense",
+           "hidden_size": "dense", "drop": "dropout", "img_size": "image_size",
+           "input_size": "image_size", "resolution": "image_size", "opt": "optimizer",
+           "scheduler": "schedule", "lr_schedule": "schedule", "smoothing": "label_smoothing",
+           "augmentation": "augment", "data_augmentation": "augment", "model_name": "backbone",
+           "arch": "backbone", "freeze": "strategy"}
 
 
 class ConfigError(ValueError):
@@ -73,9 +86,10 @@ class RunConfig:
     batch_size: int = 64
     epochs: int = 10
     seed: int = 0
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 where CUDA has it natively, else fp16 + GradScaler, CPU fp32
     channels_last: bool = True  # used on CUDA only
-    compile: bool = False  # torch.compile the model (CUDA only)
+    compile: bool = False  # torch.compile the model (CUDA only; not with strategy gradual)
+    deterministic: bool = False  # deterministic cuDNN/torch algorithms (slower; see README)
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -89,7 +103,7 @@ class RunConfig:
         values: dict[str, Any] = {}
         for key, value in raw.items():
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
+                hint = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(key, known, n=1)
                 raise ConfigError(
                     f"unknown config key {key!r}"
                     + (f" (did you mean {hint[0]!r}?)" if hint else "")
@@ -152,6 +166,10 @@ class RunConfig:
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        need(not (self.compile and self.strategy == "gradual"), "compile",
+             "torch.compile cannot be used with strategy gradual: each unfreezing flips "
+             "requires_grad and train/eval of a stage, which forces a recompile, and past dynamo's "
+             "recompile limit the model silently runs eagerly; set compile: false for gradual")
 
     # ------------------------------------------------------------------------------------------
     def conv_filters(self) -> tuple[int, ...]:
@@ -259,7 +277,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}: "
+                              f"{getattr(e, 'problem', None) or e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping of key: value")
         raw.update(loaded)

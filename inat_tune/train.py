@@ -32,8 +32,70 @@ def select_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """The CUDA device computes bf16 natively (Ampere and later), not by emulation (a T4 can
+    emulate it, slowly). Older torch has no ``including_emulation``: compute capability >= 8."""
+    try:
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before the keyword (its answer then may include emulation)
+        return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    """The precision a run uses: "fp32", "bf16" (autocast) or "fp16" (autocast + GradScaler).
+
+    ``auto``: on CUDA bf16 where native, else fp16 on tensor-core GPUs (compute capability
+    >= 7.0, e.g. T4, V100), else fp32; fp32 on CPU and other devices. An explicit value is
+    used as asked, except fp16 off CUDA (GradScaler is a CUDA tool here), which is refused.
+    """
+    if requested == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        if native_bf16(device):
+            return "bf16"
+        return "fp16" if torch.cuda.get_device_capability(device)[0] >= 7 else "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device (this run is on {device}); "
+                         "use auto, fp32 or bf16")
+    if requested not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {requested!r}")
+    return requested
+
+
 def uses_bf16(cfg: RunConfig, device: torch.device) -> bool:
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    """Whether ``cfg`` trains with bf16 autocast on ``device`` (see :func:`choose_precision`)."""
+    return choose_precision(cfg.precision, device) == "bf16"
+
+
+def grad_scaler(precision: str, device: torch.device):
+    """A GradScaler for fp16, else None."""
+    if precision != "fp16":
+        return None
+    try:
+        return torch.amp.GradScaler(device.type)
+    except (AttributeError, TypeError):  # torch < 2.3
+        return torch.cuda.amp.GradScaler()
+
+
+def validation_batch_size(cfg: RunConfig) -> int:
+    """Validation runs in batches of the training batch size: evaluation holds no activations
+    for a backward pass, so a batch that trains fits in eval (a fixed 256 did not, at 224 px
+    with wide first layers)."""
+    return cfg.batch_size
+
+
+def set_deterministic(on: bool) -> None:
+    """``deterministic: true``: cuDNN picks deterministic algorithms (no benchmark search) and
+    torch warns where an op has no deterministic CUDA kernel (e.g. AdaptiveAvgPool2d's
+    backward); ``false`` restores torch's defaults. cuBLAS needs CUBLAS_WORKSPACE_CONFIG set
+    before CUDA starts: set here if unset (effective when this is the process's first CUDA use).
+    """
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(on, warn_only=True)
 
 
 def count_trainable(model: nn.Module) -> int:
@@ -93,14 +155,28 @@ def lr_factor(cfg: RunConfig, step: int, total_steps: int, steps_per_epoch: int)
 # ---------------------------------------------------------------------------------------------
 # Epochs
 
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _precision(precision: str | bool) -> str:
+    """A precision name; True / False (the older bf16 flag) mean "bf16" / "fp32"."""
+    if isinstance(precision, bool):
+        return "bf16" if precision else "fp32"
+    return precision
+
+
+def _autocast(device: torch.device, precision: str | bool):
+    dtype = _AUTOCAST.get(_precision(precision))
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.Optimizer,
-                    loss_fn: nn.Module, set_lr: Callable[[], None], bf16: bool) -> dict[str, float]:
+                    loss_fn: nn.Module, set_lr: Callable[[], None], precision: str | bool = "fp32",
+                    scaler=None) -> dict[str, float]:
+    """One pass over ``loader``; ``precision`` "fp32" | "bf16" | "fp16" (True / False: bf16 /
+    fp32), ``scaler`` a GradScaler (fp16)."""
     model.train()
     dev = loader.y.device
     total_loss = torch.zeros((), device=dev)
@@ -108,12 +184,18 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.opt
     seen = 0
     for xb, yb in loader:
         set_lr()
-        with _autocast(dev, bf16):
+        with _autocast(dev, precision):
             logits = model(xb)
             loss = loss_fn(logits.float(), yb)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            # GradScaler checks for inf/nan on the host: one sync per step, the price of fp16
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         # accumulate on the device: no host sync per step
         total_loss += loss.detach() * len(yb)
         correct += (logits.argmax(1) == yb).sum()
@@ -123,16 +205,22 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.opt
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, bf16: bool = False,
-             label_smoothing: float = 0.0) -> dict[str, float]:
-    """Mean loss and accuracy over ``loader`` (eval mode, no augmentation)."""
+def evaluate(model: nn.Module, loader: DeviceLoader, bf16: str | bool = False,
+             label_smoothing: float = 0.0, pad_to: int | None = None) -> dict[str, float]:
+    """Mean loss and accuracy over ``loader`` (eval mode, no augmentation). ``bf16``: the
+    precision ("fp32" | "bf16" | "fp16", or True / False for bf16 / fp32). ``pad_to``: a
+    smaller last batch is padded to this many inputs (their outputs dropped) so a compiled model
+    sees one batch shape; in eval mode padding changes no other input's output."""
     model.eval()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="sum")
     dev = loader.y.device
     total, correct, n = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long), 0
     for xb, yb in loader:
+        n_b = xb.shape[0]
+        if pad_to is not None and n_b < pad_to:
+            xb = torch.cat([xb, xb.new_zeros((pad_to - n_b, *xb.shape[1:]))])
         with _autocast(dev, bf16):
-            logits = model(xb)
+            logits = model(xb)[:n_b]
         total += loss_fn(logits.float(), yb)
         correct += (logits.argmax(1) == yb).sum()
         n += len(yb)
@@ -195,6 +283,7 @@ class TrainState:
     step: int = 0
     best: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    scaler: Any = None  # fp16's GradScaler, saved with the checkpoint
 
     def payload(self) -> dict[str, Any]:
         model = getattr(self.model, "_orig_mod", self.model)  # unwrap torch.compile
@@ -202,7 +291,8 @@ class TrainState:
         return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "step": self.step, "config": self.cfg.to_dict(),
                 "classes": list(self.classes), "best": self.best, "history": self.history,
-                "mean": list(mean), "std": list(std)}
+                "mean": list(mean), "std": list(std),
+                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
 
     def save(self, directory: str | Path) -> Path:
         return save_checkpoint(Path(directory) / CHECKPOINT_NAME, self.payload())
@@ -228,10 +318,12 @@ def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None =
     ``resume`` (a checkpoint path or payload) continues from its epoch with the same batches.
     """
     device = select_device(str(device) if device else None)
+    set_deterministic(cfg.deterministic)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg, num_classes=len(data.classes)).to(device)
     optimizer = build_optimizer(cfg, model)
     state = TrainState(cfg=cfg, classes=data.classes, model=model, optimizer=optimizer)
+    ckpt: dict[str, Any] = {}
     if resume is not None:
         ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume, map_location=device)
         model.load_state_dict(ckpt["model"])
@@ -239,7 +331,12 @@ def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None =
         state.epoch, state.step = ckpt["epoch"], ckpt["step"]
         state.best, state.history = dict(ckpt.get("best", {})), list(ckpt.get("history", []))
 
-    bf16 = uses_bf16(cfg, device)
+    precision = choose_precision(cfg.precision, device)
+    bf16 = precision == "bf16"
+    scaler = grad_scaler(precision, device)
+    if scaler is not None and resume is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
+    state.scaler = scaler
     cuda = device.type == "cuda"
     channels_last = cfg.channels_last and cuda
     if channels_last:
@@ -256,9 +353,12 @@ def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None =
     train_loader = DeviceLoader(x_tr, y_tr, cfg.batch_size, shuffle=True, augment=augment, mean=mean,
                                 std=std, seed=cfg.seed, drop_last=len(y_tr) > cfg.batch_size,
                                 channels_last=channels_last)
-    val_loader = DeviceLoader(x_va, y_va, max(cfg.batch_size, 256), mean=mean, std=std,
+    val_loader = DeviceLoader(x_va, y_va, validation_batch_size(cfg), mean=mean, std=std,
                               channels_last=channels_last)
-    if cfg.compile and cuda:
+    compiled = cfg.compile and cuda
+    if compiled:
+        # Training batches all have one size (drop_last); the last validation batch is padded
+        # to the full size (pad_to below), so the compiled model sees one shape per mode.
         net = torch.compile(net)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     steps_per_epoch = len(train_loader)
@@ -278,13 +378,14 @@ def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None =
         # dropout draws from the global RNG: seed it per epoch so a resumed run matches
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        tr = train_one_epoch(net, train_loader, optimizer, loss_fn, set_lr, bf16)
+        tr = train_one_epoch(net, train_loader, optimizer, loss_fn, set_lr, precision, scaler)
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-        va = evaluate(net, val_loader, bf16, cfg.label_smoothing)
+        va = evaluate(net, val_loader, precision, cfg.label_smoothing,
+                      pad_to=val_loader.batch_size if compiled else None)
         state.epoch = epoch + 1
         metrics = {
             "epoch": state.epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
@@ -292,7 +393,7 @@ def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None =
             "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
             "images_per_s": tr["images"] / max(seconds, 1e-9),
             "time_total_s": time.perf_counter() - t_start,
-            "trainable_params": count_trainable(model),
+            "trainable_params": count_trainable(model), "precision": precision,
         }
         state.history.append(metrics)
         if not state.best or metrics["val_acc"] > state.best["val_acc"]:

@@ -124,3 +124,109 @@ def test_train_cli_writes_outputs_and_refuses_bad_keys(synth_data, tmp_path, cap
     assert rc == 2 and "dropout" in capsys.readouterr().err
     assert not bad.exists()  # refused before any work
     assert math.isfinite(float(rows[0]["train_loss"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision, validation batches, compile + gradual, deterministic (CPU-testable parts; the CUDA
+# paths are in tests/test_gpu.py)
+
+from inat_tune import train as train_mod  # noqa: E402
+
+CUDA0 = torch.device("cuda", 0)
+
+
+def fake_gpu(monkeypatch, capability, native_bf16, old_torch=False):
+    """Answer torch.cuda's capability questions as a GPU of ``capability`` would."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: __import__("contextlib").nullcontext())
+    if old_torch:  # before including_emulation existed
+        def is_bf16_supported():
+            return True  # old answers could include emulation: must not be trusted
+    else:
+        def is_bf16_supported(including_emulation=True):
+            return native_bf16 or including_emulation
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+
+
+@pytest.mark.parametrize("gpu,capability,native,old,expected", [
+    ("H100", (9, 0), True, False, "bf16"),
+    ("A100", (8, 0), True, False, "bf16"),
+    ("T4", (7, 5), False, False, "fp16"),  # emulated bf16 is not chosen
+    ("V100", (7, 0), False, False, "fp16"),
+    ("P100", (6, 0), False, False, "fp32"),
+    ("A100, old torch", (8, 0), True, True, "bf16"),
+    ("T4, old torch", (7, 5), False, True, "fp16"),
+])
+def test_auto_precision_uses_native_bf16_only(monkeypatch, gpu, capability, native, old, expected):
+    fake_gpu(monkeypatch, capability, native, old)
+    assert train_mod.choose_precision("auto", CUDA0) == expected, gpu
+
+
+def test_precision_on_cpu_and_explicit_values(monkeypatch):
+    cpu = torch.device("cpu")
+    assert train_mod.choose_precision("auto", cpu) == "fp32"
+    assert train_mod.choose_precision("bf16", cpu) == "bf16"
+    assert train_mod.choose_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train_mod.choose_precision("fp16", cpu)
+    fake_gpu(monkeypatch, (7, 5), False)
+    assert train_mod.choose_precision("fp16", CUDA0) == "fp16"
+    assert train_mod.choose_precision("fp32", CUDA0) == "fp32"
+    assert RunConfig.from_dict({"precision": "fp16"}).precision == "fp16"
+    with pytest.raises(ConfigError, match="precision"):
+        RunConfig.from_dict({"precision": "fp8"})
+
+
+def test_grad_scaler_only_for_fp16():
+    assert train_mod.grad_scaler("bf16", CUDA0) is None and train_mod.grad_scaler("fp32", CUDA0) is None
+
+
+def test_chosen_precision_is_in_every_epochs_metrics(data):
+    result = fit(RunConfig.from_dict({**SMALL, "epochs": 2}), data, log=None)
+    assert [h["precision"] for h in result.history] == ["fp32", "fp32"]
+    result = fit(RunConfig.from_dict({**SMALL, "epochs": 1, "precision": "bf16"}), data, log=None)
+    assert result.history[0]["precision"] == "bf16"
+
+
+def test_validation_batches_are_the_training_batch_size(data, monkeypatch):
+    sizes = []
+
+    class Recording(DeviceLoader):
+        def __init__(self, x, y, batch_size, **kw):
+            sizes.append((batch_size, kw.get("shuffle", False)))
+            super().__init__(x, y, batch_size, **kw)
+
+    monkeypatch.setattr(train_mod, "DeviceLoader", Recording)
+    fit(RunConfig.from_dict({**SMALL, "epochs": 1, "batch_size": 8}), data, log=None)
+    assert sizes == [(8, True), (8, False)]  # training, then validation: not max(8, 256)
+    assert train_mod.validation_batch_size(RunConfig.from_dict({"batch_size": 512})) == 512
+
+
+def test_padded_last_batch_changes_no_result(data):
+    cfg = RunConfig.from_dict({**SMALL})
+    model = train_mod.create_model(cfg, num_classes=10).eval()
+    x, y = to_device(data.val.images, data.val.labels, "cpu")
+    loader = DeviceLoader(x, y, 7)
+    assert len(y) % 7  # a smaller last batch
+    plain, padded = evaluate(model, loader), evaluate(model, loader, pad_to=7)
+    assert plain["acc"] == padded["acc"] and math.isclose(plain["loss"], padded["loss"], rel_tol=1e-5)
+
+
+def test_compile_with_gradual_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="compile.*gradual.*recompile"):
+        RunConfig.from_dict({"model": "finetune", "strategy": "gradual", "compile": True})
+    RunConfig.from_dict({"model": "finetune", "strategy": "gradual", "compile": False})
+    RunConfig.from_dict({"model": "finetune", "strategy": "full", "compile": True})
+
+
+def test_deterministic_key_sets_and_restores_torch_flags(data):
+    try:
+        fit(RunConfig.from_dict({**SMALL, "epochs": 1, "deterministic": True}), data, log=None)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        fit(RunConfig.from_dict({**SMALL, "epochs": 1}), data, log=None)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.deterministic
+    finally:
+        train_mod.set_deterministic(False)
