@@ -215,9 +215,10 @@ def test_unknown_finetune_stage_refused_before_ray(tmp_path, synth_data, capsys)
 def test_gpu_requests_are_checked_against_what_is_visible():
     check_gpus(0, None)
     check_gpus(0.25, 1)
-    check_gpus(2, 2)
+    check_gpus(1, 2)
+    one = "fractions <= 1 share GPUs; one trial uses one GPU"  # fit() trains on one device
     for gpus, available, message in ((0.25, 0, "no GPU"), (0.25, None, "no GPU"),
-                                     (2, 1, "more than the 1 GPU"), (1.5, 2, "whole number"),
+                                     (2, 2, one), (2, 1, one), (1.5, 2, one), (2, float("inf"), one),
                                      (-1, 1, "must be >= 0")):
         with pytest.raises(SweepError, match=message):
             check_gpus(gpus, available)

@@ -102,8 +102,10 @@ def check_gpus(gpus_per_trial: float, available: float | None) -> None:
         raise SweepError(f"--gpus-per-trial {gpus_per_trial}: must be >= 0")
     if gpus_per_trial == 0:
         return
-    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
-        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: above 1 it must be a whole number")
+    if gpus_per_trial > 1:
+        # fit() trains on one device: a second GPU per trial would sit idle
+        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: at most 1 (fractions <= 1 share GPUs; "
+                         "one trial uses one GPU)")
     if not available:
         raise SweepError(f"--gpus-per-trial {gpus_per_trial}: no GPU is visible here "
                          "(torch.cuda.is_available() is False); use --gpus-per-trial 0 or run on a GPU machine")
