@@ -103,12 +103,83 @@ def test_flop_fraction_is_three_forward_flops_times_rate_over_peak():
 
 
 @pytest.mark.parametrize("name, peak", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA A10G", 125e12),
-    ("NVIDIA L40S", None), ("Tesla T4", None),
+    ("NVIDIA H100 80GB HBM3", 989.4e12), ("NVIDIA H100 SXM5 80GB", 989.4e12),
+    ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100-PCIE-40GB", 312e12), ("NVIDIA L4", 121e12),
+    ("NVIDIA A10", 125e12), ("Tesla T4", 65e12),
+    # no cited figure: unknown, never a neighbour's peak
+    ("NVIDIA A10G", None), ("NVIDIA GH200 480GB", None), ("NVIDIA L40S", None),
+    ("NVIDIA H800", None), ("NVIDIA L40", None),
 ])
 def test_peak_flops_by_device_name(name, peak):
     assert peak_flops(name) == peak
+
+
+def test_peak_info_carries_its_source_and_dtype():
+    from inat_tune.bench.environment import PEAK_TABLE, peak_info
+
+    assert all(source.startswith("NVIDIA ") and "datasheet" in source for *_, source in PEAK_TABLE)
+    assert peak_info("Tesla T4")["dtype"] == "fp16"
+    h = peak_info("NVIDIA H100 NVL")
+    assert h["tflops"] == 835 and "H100 NVL" in h["source"]
+    assert peak_info("NVIDIA GH200 480GB") is None
+
+
+def test_table_prints_the_peak_source_with_the_fraction():
+    from inat_tune.bench.environment import peak_info
+
+    src = peak_info("NVIDIA H200")["source"]
+    machine = {**machine_info(), "load_average": None, "device": "cuda", "device_name": "NVIDIA H200",
+               "peak_source": src}
+    res = {"command": "c", "date": "d", "machine": machine, "settings": {"repeats": 1},
+           "train": {"variants": [
+               {"name": "bf16", "peak_fraction": 0.25, "images_per_s": 1e4, "achieved_tflops": 247.0,
+                "runs_images_per_s": [1e4]},
+               {"name": "bf16+channels_last+compile", "precision": "bf16",
+                "error": "BackendCompilerFailed: no Triton"}]}}
+    table = format_table(res)
+    assert f"peak fraction 25.0% of {src}" in table
+    assert "scratch CNN bf16+channels_last+compile  FAILED: BackendCompilerFailed: no Triton" in table
+
+
+def test_a_failing_train_variant_is_recorded_and_the_others_run(monkeypatch):
+    from inat_tune.bench import throughput
+
+    variants = [{"name": "a", "compile": False}, {"name": "b", "compile": True},
+                {"name": "c", "compile": False}]
+    monkeypatch.setattr(throughput, "train_variants", lambda device: variants)
+
+    def step(x, y, n, size, bs, device, v, *rest):
+        if v["compile"]:
+            raise RuntimeError("Triton is missing")
+        return {**v, "images_per_s": 1.0}
+
+    monkeypatch.setattr(throughput, "bench_train_step", step)
+    out = throughput.run_train_variants(None, None, 10, BenchSettings(), CPU)
+    assert out == [{"name": "a", "compile": False, "images_per_s": 1.0},
+                   {"name": "b", "compile": True, "error": "RuntimeError: Triton is missing"},
+                   {"name": "c", "compile": False, "images_per_s": 1.0}]
+
+
+def test_bench_json_is_written_after_each_section(monkeypatch, tmp_path):
+    """A run that dies in a later section leaves the JSON of the sections before it."""
+    import inat_tune.bench as bench_mod
+
+    def sections(s, emit=None):
+        out = {"naive": {"images_per_s": 1.0}}
+        emit(out)
+        out["cached"] = {"images_per_s": 2.0}
+        emit(out)
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(bench_mod, "run_throughput", sections)
+    path = tmp_path / "b.json"
+    with pytest.raises(RuntimeError):
+        bench_mod.collect(BenchOptions(quick=True, json_path=str(path)))
+    res = json.loads(path.read_text())
+    assert res["partial"] is True and res["naive"] == {"images_per_s": 1.0}
+    assert res["cached"] == {"images_per_s": 2.0} and "machine" in res and "command" in res
 
 
 def write_trials(root: Path, trials: dict[str, list[dict]]) -> Path:

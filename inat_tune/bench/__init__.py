@@ -64,7 +64,9 @@ __all__ = ["BenchOptions", "BenchSettings", "bench", "run_bench", "collect", "fo
 def collect(options: BenchOptions) -> dict[str, Any]:
     """Run the measurements ``options`` ask for and return the result (what the JSON holds):
     date, command, argv, machine, settings, the sections' results, targets and total_s.
-    Prints only the progress lines of the sections."""
+    Prints only the progress lines of the sections. With ``options.json_path`` the JSON is
+    written after each section too (``"partial": true`` until the end), so a run that dies
+    keeps what it measured."""
     s = BenchSettings.from_options(options)
     res: dict[str, Any] = {
         "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
@@ -78,7 +80,11 @@ def collect(options: BenchOptions) -> dict[str, Any]:
         if "comparison" in sr:
             res["targets"] = search_targets(sr)
     else:
-        res.update(run_throughput(s))
+        def emit(partial: dict[str, Any]) -> None:
+            if options.json_path:
+                write_json({**res, **partial, "partial": True,
+                            "total_s": time.perf_counter() - t0}, options.json_path)
+        res.update(run_throughput(s, emit=emit))
     res["total_s"] = time.perf_counter() - t0
     res["machine"]["load_average_end"] = load_average()
     return res

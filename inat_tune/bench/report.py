@@ -20,10 +20,12 @@ def _f(v: Any, unit: str = "", digits: int = 3) -> str:
     return f"{v}{unit}"
 
 
-def _peak_text(fraction: float | None, device: str) -> str:
+def _peak_text(fraction: float | None, device: str, source: str | None = None) -> str:
     if device != "cuda":
         return "n/a on CPU"
-    return "unknown GPU" if fraction is None else f"{fraction:.1%}"
+    if fraction is None:
+        return "unknown GPU"
+    return f"{fraction:.1%}" + (f" of {source}" if source else "")
 
 
 def _spread(values: list[float], unit: str = "") -> str:
@@ -72,10 +74,14 @@ def format_table(res: dict[str, Any]) -> str:
         add("cached", "speed-up over naive (images/s)", _f(c["speedup_over_naive"], "x"))
         add("cached", "speed-up over naive (CPU time per image)", _f(c["cpu_speedup_over_naive"], "x"))
     for v in res.get("train", {}).get("variants", []):
+        if "error" in v:
+            add("train", f"scratch CNN {v['name']}", f"FAILED: {v['error']}")
+            continue
         frac = v["peak_fraction"]
         add("train", f"scratch CNN {v['name']} images/s", f"{_f(v['images_per_s'])}  "
             f"({_f(v['achieved_tflops'], ' TFLOP/s')}, peak fraction "
-            f"{_peak_text(frac, res['machine']['device'])})" + _spread(v["runs_images_per_s"]))
+            f"{_peak_text(frac, res['machine']['device'], res['machine'].get('peak_source'))})"
+            + _spread(v["runs_images_per_s"]))
     if res.get("train", {}).get("note"):
         add("train", "note", res["train"]["note"])
     ft = res.get("finetune")

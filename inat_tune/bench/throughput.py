@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,11 +26,32 @@ TARGET_SPEEDUP = 20.0  # cached pipeline images/s over naive, at 64 and 224 px
 TARGET_BUILD_RATIO = 1.2  # cache build seconds over one naive epoch
 
 
-def run_throughput(s: BenchSettings) -> dict[str, Any]:
+def run_train_variants(x, y, num_classes: int, s: BenchSettings, device) -> list[dict[str, Any]]:
+    """The train section: every variant of ``train_variants(device)``; one that raises (say
+    torch.compile without Triton or a C compiler) is recorded as the variant with
+    ``{"error": ...}`` and the others still run."""
+    out = []
+    for v in train_variants(device):
+        try:
+            out.append(bench_train_step(x, y, num_classes, s.image_size, s.batch_size, device, v,
+                                        s.train_seconds, s.train_steps, s.repeats))
+        except Exception as e:  # noqa: BLE001 - one variant's failure must not end the bench
+            log.exception("train variant %s failed", v["name"])
+            out.append({**v, "error": f"{type(e).__name__}: {e}"})
+    return out
+
+
+def run_throughput(s: BenchSettings, emit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every section on ``s.data`` (default: the generated photo-sized set) and return the
     result's ``dataset``, ``naive``, ``cached``, ``train``, ``finetune``, ``ray``,
     ``section_seconds`` and ``targets``. A finetune section that raises is recorded as
-    ``{"error": ...}`` (and logged) so the other sections still report."""
+    ``{"error": ...}`` (and logged) so the other sections still report, and so is each train
+    variant. ``emit(result so far)`` is called after each section (the JSON is written as
+    results arrive)."""
+    def done() -> None:
+        if emit is not None:
+            emit(out)
+
     from ..data.loader import to_device
     from ..data.pipeline import load_tuning_data
     from ..data.scan import scan_dataset
@@ -52,6 +73,7 @@ def run_throughput(s: BenchSettings) -> dict[str, Any]:
         naive["epoch_s"] = min(r["epoch_s"] for r in naive["runs"])
         naive["cpu_ms_per_image"] = min(r["cpu_ms_per_image"] for r in naive["runs"])
         out["naive"] = naive
+        done()
 
         sections.start("cached")
         builds, build_cpu = [], []
@@ -79,13 +101,13 @@ def run_throughput(s: BenchSettings) -> dict[str, Any]:
             "speedup_over_naive": ratio(dl["images_per_s"], naive["images_per_s"]),
             "cpu_speedup_over_naive": ratio(naive["cpu_ms_per_image"], dl["cpu_ms_per_image"]),
         }
+        done()
 
         sections.start("train")
-        train = [bench_train_step(x, y, len(images.classes), s.image_size, s.batch_size, device, v,
-                                  s.train_seconds, s.train_steps, s.repeats)
-                 for v in train_variants(device)]
+        train = run_train_variants(x, y, len(images.classes), s, device)
         out["train"] = {"variants": train, "config": "RunConfig() defaults at the bench image size",
                         "note": train_note(device)}
+        done()
         del x, y
 
         sections.start("finetune")
@@ -101,9 +123,15 @@ def run_throughput(s: BenchSettings) -> dict[str, Any]:
             except Exception as e:  # noqa: BLE001 - a model being written elsewhere: report it
                 log.exception("finetune measurement failed")
                 out["finetune"] = {"error": f"{type(e).__name__}: {e}"}
+        done()
 
         sections.start("ray")
-        out["ray"] = bench_ray(work / "ray")
+        try:
+            out["ray"] = bench_ray(work / "ray")
+        except Exception as e:  # noqa: BLE001
+            log.exception("ray measurement failed")
+            out["ray"] = {"error": f"{type(e).__name__}: {e}"}
+        done()
         sections.start(None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
