@@ -23,7 +23,8 @@ class CompactProgress(Callback):
     trial, up to ``max_params`` swept hyperparameters, epoch, val_acc, status."""
 
     def __init__(self, space, metric: str = "val_acc", mode: str = "max", every_s: float = 20.0,
-                 max_params: int = 5, stream=None) -> None:
+                 max_params: int = 5, stream=None, wait_notice_s: float = 60.0,
+                 wait_limit_s: float = 900.0) -> None:
         swept = [k for k, p in space.parameters.items() if p.distribution != "constant"]
         self.params = swept[:max_params]
         self.metric, self.mode = metric, mode
@@ -31,6 +32,13 @@ class CompactProgress(Callback):
         self.stream = stream  # None = sys.stdout at print time (callbacks are pickled by Ray)
         self._last = 0.0
         self._latest: dict[str, dict] = {}
+        # Trials waiting for a node: what they wait for ("a GPU worker (gpu_a10g)", set by the
+        # runner on a cluster whose autoscaler must start one), since when, and when to say so.
+        self.waiting_for: str | None = None
+        self.wait_notice_s, self.wait_limit_s = wait_notice_s, wait_limit_s
+        self.clock = time.monotonic
+        self._waiting_since: float | None = None
+        self._wait_said = float("-inf")
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
@@ -56,7 +64,33 @@ class CompactProgress(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._say(f"[retry] {trial.trial_id} failed; restarting from its last checkpoint")
 
+    def waiting(self, trials) -> str | None:
+        """A line while trials wait for a node (some PENDING, none RUNNING) for at least
+        ``wait_notice_s``, at most once per ``every_s``; past ``wait_limit_s`` it says what is
+        missing. None otherwise."""
+        now = self.clock()
+        pending = sum(t.status == "PENDING" for t in trials)
+        if not pending or any(t.status == "RUNNING" for t in trials):
+            self._waiting_since = None
+            return None
+        if self._waiting_since is None:
+            self._waiting_since = now
+        waited = now - self._waiting_since
+        if waited < self.wait_notice_s or now - self._wait_said < self.every_s:
+            return None
+        self._wait_said = now
+        what = self.waiting_for or "a node with room for a trial"
+        line = f"[wait]  {pending} trial(s) pending: waiting for {what} for {waited:.0f} s"
+        if waited >= self.wait_limit_s:
+            line += (f"; still none after {self.wait_limit_s:.0f} s: the autoscaler could not start "
+                     f"{'it' if self.waiting_for else 'one'} (cloud quota or capacity, a failing "
+                     "setup command?): see `ray status` and the head's logs/monitor.* files")
+        return line
+
     def on_step_end(self, iteration, trials, **info):
+        line = self.waiting(trials)
+        if line:
+            self._say(line)
         now = time.monotonic()
         if now - self._last < self.every_s:
             return

@@ -113,6 +113,26 @@ def check_gpus(gpus_per_trial: float, available: float | None) -> None:
         raise SweepError(f"--gpus-per-trial {gpus_per_trial}: more than the {available:g} GPU(s) available")
 
 
+def check_cluster(opts: SweepOptions) -> str | None:
+    """On a joined cluster (after ray.init): can one trial ever run there? Judged on what the
+    cluster can become (the node types its autoscaler can start, plus the nodes up now), not on
+    the nodes up now. Prints which node type will be started when none is up that fits; returns
+    what trials wait for ("a GPU worker (gpu_a10g)"), or None."""
+    import math
+
+    from .capacity import cluster_verdict
+
+    check_gpus(opts.gpus_per_trial, math.inf)  # the value's own checks; no local GPU is asked for
+    verdict = cluster_verdict(opts.cpus_per_trial, opts.gpus_per_trial)
+    if not verdict.ok:
+        flags = f"--cpus-per-trial {opts.cpus_per_trial:g}" + (
+            f" --gpus-per-trial {opts.gpus_per_trial:g}" if opts.gpus_per_trial else "")
+        raise SweepError(f"{flags}: {verdict.message}")
+    if verdict.message:
+        print(verdict.message, flush=True)
+    return verdict.waiting_for
+
+
 def check_backbones(space: SweepSpec) -> None:
     """Every (backbone, strategy) pair the space can draw names a real backbone and stage."""
     from ..config import RunConfig
@@ -384,8 +404,11 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
         # Joining a cluster (address) takes the cluster's resources; locally Ray uses this machine.
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
                  configure_logging=True, logging_level=logging.WARNING)
-    if opts.address is not None:
-        check_gpus(opts.gpus_per_trial, ray.cluster_resources().get("GPU", 0))
+    waiting_for = check_cluster(opts) if opts.address is not None else None
+    for cb in callbacks:
+        if hasattr(cb, "waiting_for"):
+            cb.waiting_for = waiting_for  # named by the progress while trials wait for a node
+
 
     settings = TrialSettings(data_dir=opts.data_dir, cpus_per_trial=opts.cpus_per_trial,
                              gpus_per_trial=opts.gpus_per_trial)
