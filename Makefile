@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast gpu-check clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ test: install
 # Inner-loop: skip the tests marked slow.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The GPU-hour check: gpu-marked tests + bench at 224 px with the machine's own python/torch
+# (PYTHON=...), installing nothing; a CPU rehearsal at tiny sizes where there is no CUDA.
+gpu-check:
+	PYTHON=$${PYTHON:-$$(test -x $(BIN)/python && echo $(BIN)/python || echo python3)} scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
