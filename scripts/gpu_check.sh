@@ -52,9 +52,21 @@ skip() {  # skip NAME WHY
 }
 : > "$OUT/steps/status"
 
-# 1. What is installed; what will be skipped for want of it (nothing is installed here).
-step environment 60 "$PY" - <<'PY'
-import importlib.util, platform, torch
+# 1. What is installed (what will be skipped for want of it: nothing is installed here), and
+#    the bench and the training path import with ray/optuna/wandb/captum blocked (one process).
+step environment 120 "$PY" - <<'PY'
+import importlib.util, platform, sys
+missing = {}
+for m, needs in (("ray", "sweeps and the bench's ray section"), ("optuna", "sweeps (TPE)"),
+                 ("wandb", "the W&B mirror"), ("captum", "explain (guided backprop)"),
+                 ("pytest", "the gpu-marked tests"), ("triton", "torch.compile on CUDA")):
+    ok = importlib.util.find_spec(m) is not None
+    print(f"{m:7s} {'present' if ok else 'MISSING: skipped: ' + needs}")
+for m in ("ray", "optuna", "wandb", "captum"):
+    sys.modules[m] = None  # any import of them now raises ImportError
+import torch
+import inat_tune.bench, inat_tune.bench.throughput, inat_tune.train, inat_tune.cli  # noqa: E401,F401
+print("inat_tune.bench, inat_tune.train and inat_tune.cli import with ray/optuna/wandb/captum blocked")
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 if torch.cuda.is_available():
     d = torch.cuda.current_device()
@@ -63,31 +75,16 @@ if torch.cuda.is_available():
     print("precision auto ->", choose_precision("auto", torch.device("cuda", d)))
     from inat_tune.bench.environment import peak_info
     print("peak", peak_info(torch.cuda.get_device_name(d)) or "unknown GPU: no cited peak")
-for m, needs in (("ray", "sweeps and the bench's ray section"), ("optuna", "sweeps (TPE)"),
-                 ("wandb", "the W&B mirror"), ("captum", "explain (guided backprop)"),
-                 ("pytest", "the gpu-marked tests"), ("triton", "torch.compile on CUDA")):
-    ok = importlib.util.find_spec(m) is not None
-    print(f"{m:7s} {'present' if ok else 'MISSING: skipped: ' + needs}")
 PY
 
-# 2. The bench and the training path import without ray/optuna/wandb/captum.
-step imports_without_optional 120 "$PY" - <<'PY'
-import sys
-for m in ("ray", "optuna", "wandb", "captum"):
-    sys.modules[m] = None  # any import of them now raises ImportError
-import inat_tune.bench, inat_tune.train, inat_tune.bench.throughput  # noqa: E401,F401
-import inat_tune.cli  # noqa: F401
-print("inat_tune.bench, inat_tune.train and inat_tune.cli import with ray/optuna/wandb/captum blocked")
-PY
-
-# 3. The gpu-marked tests (on the CPU they are collected and skipped: the rehearsal checks that).
+# 2. The gpu-marked tests (on the CPU they are collected and skipped: the rehearsal checks that).
 if "$PY" -c "import pytest" 2>/dev/null; then
   step gpu_tests 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_bench.py
 else
   skip gpu_tests "pytest is not installed for $PY (nothing is installed by this script)"
 fi
 
-# 4. The bench (its ray section says 'skipped' where Ray is missing).
+# 3. The bench (its ray section says 'skipped' where Ray is missing).
 if [ "$MODE" = "cuda" ]; then
   step bench "$BENCH_TIMEOUT" "$PY" -m inat_tune.cli bench "${BENCH_ARGS[@]}" --json "$OUT/bench.json"
 else  # rehearsal: Ray blocked (its section then says skipped, as on a GPU box without Ray)
@@ -96,7 +93,7 @@ from inat_tune.cli import main; sys.exit(main(sys.argv[1:]))' bench "${BENCH_ARG
 fi
 skip bench_concurrent "inat-tune bench has no --concurrent yet (the fast-sweeps issue adds it)"
 
-# 5. One JSON and a short table.
+# 4. One JSON and a short table.
 "$PY" - "$OUT" "$MODE" "$(( $(date +%s) - T_START ))" <<'PY'
 import json, sys
 from pathlib import Path
