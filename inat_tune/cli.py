@@ -12,7 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+import yaml
+
+from .config import ConfigError, RunConfig, load_config
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,6 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output folder (config, manifest, metrics, checkpoint)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace the run in --out")
 
     _add_sweep_parser(sub, fmt)
 
@@ -65,6 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="tables, figures, insights and report.md/html", formatter_class=fmt)
     rp.add_argument("experiments", nargs="+", help="experiment folder(s); several = comparison")
     rp.add_argument("--no-wandb", action="store_true")
+    rp.add_argument("--out", default=None,
+                    help="report folder (default: the experiment's own; several: compare-<A>-vs-<B> beside the first)")
 
     be = sub.add_parser("bench", help="throughput of the data path and training", formatter_class=fmt)
     be.add_argument("--data", default=None, help="dataset folder (default: generated photo-sized JPEGs)")
@@ -128,7 +134,11 @@ def cmd_data(args) -> int:
                              image_size=args.image_size, seed=args.seed)
         print(f"wrote {out}\nNOTE: {SYNTHETIC_NOTE}")
     else:
+        from .config import MIN_IMAGE_SIZE
         from .data.pipeline import cache_dataset
+        if args.image_size < MIN_IMAGE_SIZE:  # no model can train on it (train refuses it too)
+            raise ConfigError(f"--image-size {args.image_size}: must be >= {MIN_IMAGE_SIZE} (five 2x2 "
+                              "max-pools halve it five times)")
         print(json.dumps(cache_dataset(args.data, args.image_size), indent=1))
     return 0
 
@@ -136,6 +146,16 @@ def cmd_data(args) -> int:
 def cmd_count(args) -> int:
     from .config import filter_counts
     from .models.counting import cnn_macs, cnn_param_count
+    try:  # the same rules a model of this shape must pass; the message names the flag
+        RunConfig.from_dict({"filters": args.filters, "filter_org": args.filter_org,
+                             "kernel_size": args.kernel_size, "dense": args.dense,
+                             "image_size": args.image_size})
+    except ConfigError as e:
+        key = str(e).split("=", 1)[0]
+        raise ConfigError(f"--{key.replace('_', '-')} {getattr(args, key, '')}: "
+                          f"{str(e).split(': ', 1)[-1]}") from None
+    if args.num_classes < 2:
+        raise ConfigError(f"--num-classes {args.num_classes}: must be >= 2")
     filters = filter_counts(args.filters, args.filter_org)
     kernels = (args.kernel_size,) * 5
     params = cnn_param_count(filters, kernels, args.dense, args.image_size, num_classes=args.num_classes,
@@ -151,9 +171,15 @@ def cmd_count(args) -> int:
 def cmd_train(args) -> int:
     from .run import train_run
 
-    cfg = load_config(args.config, args.set)  # refuses bad keys before any work
     out = Path(args.out)
-    result = train_run(cfg, args.data, out, device=args.device)
+    if args.resume and (out / "config.yaml").is_file() and not args.config and not args.set:
+        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        saved.pop("data", None)
+        cfg = RunConfig.from_dict(saved)  # the run's own config
+    else:
+        cfg = load_config(args.config, args.set)  # refuses bad keys before any work
+    result = train_run(cfg, args.data, out, device=args.device, resume=args.resume,
+                       overwrite=args.overwrite)
     b = result.best
     print(f"best val_acc {b['val_acc']:.4f} at epoch {b['epoch']}; checkpoint {out / 'best.pt'}")
     return 0
@@ -197,7 +223,7 @@ def cmd_explain(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_report
-    write_report(args.experiments, use_wandb=not args.no_wandb)
+    write_report(args.experiments, use_wandb=not args.no_wandb, out=args.out)
     return 0
 
 

@@ -26,6 +26,19 @@ MODELS = ("scratch_cnn", "finetune")
 MIN_IMAGE_SIZE = 32  # five 2x2 max-pools need at least 2**5 pixels per side
 
 
+# Names other tools use for our keys (Keras, timm, W&B examples): the hint of an unknown key.
+ALIASES = {"learning_rate": "lr", "lr_rate": "lr", "num_epochs": "epochs", "n_epochs": "epochs",
+           "max_epochs": "epochs", "batch": "batch_size", "batchsize": "batch_size", "bs": "batch_size",
+           "wd": "weight_decay", "num_filters": "filters", "n_filters": "filters",
+           "kernel": "kernel_size", "activation": "conv_activation", "bn": "batch_norm",
+           "batchnorm": "batch_norm", "dense_size": "dense", "hidden": "dense",
+           "hidden_size": "dense", "drop": "dropout", "img_size": "image_size",
+           "input_size": "image_size", "resolution": "image_size", "opt": "optimizer",
+           "scheduler": "schedule", "lr_schedule": "schedule", "smoothing": "label_smoothing",
+           "augmentation": "augment", "data_augmentation": "augment", "model_name": "backbone",
+           "arch": "backbone", "freeze": "strategy"}
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""
 
@@ -90,7 +103,7 @@ class RunConfig:
         values: dict[str, Any] = {}
         for key, value in raw.items():
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
+                hint = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(key, known, n=1)
                 raise ConfigError(
                     f"unknown config key {key!r}"
                     + (f" (did you mean {hint[0]!r}?)" if hint else "")
@@ -264,7 +277,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}: "
+                              f"{getattr(e, 'problem', None) or e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping of key: value")
         raw.update(loaded)

@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import analysis as an
 from . import plots
+from .experiment import ExperimentError
 
 log = logging.getLogger(__name__)
 
@@ -434,10 +435,14 @@ def _log_wandb(e: _Exp, figs: dict[str, Path]) -> None:
 
 
 def write_report(experiments: Sequence[str | Path] | str | Path, use_wandb: bool = True,
-                 top_k: int = TOP_K) -> Path:
-    """Analyse one or more experiment folders and write, into the first one: ``trials.csv``,
-    ``history.csv``, the figures (``fig_*.png``), ``report.md`` and a self-contained
-    ``report.html``. Returns the path of ``report.md``.
+                 top_k: int = TOP_K, out: str | Path | None = None) -> Path:
+    """Analyse one or more experiment folders and write ``trials.csv``, ``history.csv``, the
+    figures (``fig_*.png``), ``report.md`` and a self-contained ``report.html``. Returns the
+    path of ``report.md``.
+
+    One experiment: into its own folder (or ``out``). Several: a comparison, into a folder of
+    its own (``out``, default ``compare-<A>-vs-<B>`` beside the first experiment); no
+    experiment's own files are touched, and ``out`` may not be one of the experiments.
 
     With several experiments the report starts with a comparison table (best val accuracy,
     test accuracy when ``test_metrics.json`` exists, trainable parameters of the best trial,
@@ -447,7 +452,7 @@ def write_report(experiments: Sequence[str | Path] | str | Path, use_wandb: bool
     if isinstance(experiments, (str, Path)):
         experiments = [experiments]
     exps = _load(experiments)
-    out = exps[0].path
+    out = report_folder([e.path for e in exps], [e.label for e in exps], out)
     df_all = pd.concat([e.df for e in exps], ignore_index=True)
     hist_all = pd.concat([e.history for e in exps], ignore_index=True)
     df_all.to_csv(out / "trials.csv", index=False)
@@ -491,4 +496,20 @@ def write_report(experiments: Sequence[str | Path] | str | Path, use_wandb: bool
     return md
 
 
-__all__ = ["write_report", "EVAL_FIGURES"]
+def report_folder(paths: Sequence[Path], labels: Sequence[str], out: str | Path | None) -> Path:
+    """Where a report goes (created): see :func:`write_report`."""
+    if out is None:
+        if len(paths) == 1:
+            return paths[0]
+        out = paths[0].parent / _slug("compare-" + "-vs-".join(labels))
+    out = Path(out).expanduser().resolve()
+    if len(paths) > 1 and any(out == Path(p).resolve() for p in paths):
+        raise ExperimentError(f"--out {out} is one of the compared experiments; a comparison goes to "
+                              "a folder of its own (leave --out out for compare-<A>-vs-<B>)")
+    if out.exists() and not out.is_dir():
+        raise ExperimentError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+__all__ = ["write_report", "report_folder", "EVAL_FIGURES"]

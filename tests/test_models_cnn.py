@@ -25,7 +25,8 @@ SPECS = {
 
 
 def make_cfg(image_size: int = 32, batch_norm: bool = False, **kw) -> RunConfig:
-    raw = dict(image_size=image_size, batch_norm=batch_norm, dense=16, dropout=0.1)
+    # filter_org same: the Q1 formulas (m filters in every block) are stated for it
+    raw = dict(image_size=image_size, batch_norm=batch_norm, dense=16, dropout=0.1, filter_org="same")
     raw.update(kw)
     return RunConfig.from_dict(raw)
 

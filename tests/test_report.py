@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from inat_tune.experiment import ExperimentError
+
 from helpers_sweep import N_TRIALS
 from inat_tune import analysis as an
 from inat_tune.report import write_report
@@ -123,8 +125,13 @@ def test_comparison_of_two_experiments(tmp_path):
     b = make_experiment(tmp_path, "finetune", n=8, seed=1, stopped=0, errored_empty=0, errored_late=0,
                         gpu_frac=0.5)
     (b / "test_metrics.json").write_text(json.dumps({"test_acc": 0.8123, "trial_id": "x"}))
-    md = write_report([a, b], use_wandb=False).read_text()
-    comp = pd.read_csv(a / "comparison.csv")
+    own = {p: sorted(f.name for f in p.iterdir()) for p in (a, b)}
+    md_path = write_report([a, b], use_wandb=False)
+    out = tmp_path / "compare-scratch-vs-finetune"  # a folder of its own, beside the first
+    assert md_path == out / "report.md"
+    assert {p: sorted(f.name for f in p.iterdir()) for p in (a, b)} == own  # neither touched
+    md = md_path.read_text()
+    comp = pd.read_csv(out / "comparison.csv")
     assert comp["experiment"].tolist() == ["scratch", "finetune"]
     assert comp["test_acc"].isna().tolist() == [True, False]
     assert comp.loc[1, "test_acc"] == pytest.approx(0.8123)
@@ -138,11 +145,22 @@ def test_comparison_of_two_experiments(tmp_path):
     assert len(rows) == 2 and "0.8123" in rows[1]
     assert "## Experiment scratch" in md and "## Experiment finetune" in md
     for link in MD_IMAGE.findall(md):
-        assert (a / link).is_file(), link
-    assert (a / "fig_comparison_curves.png").is_file()
-    assert (a / "fig_finetune__parallel_coordinates.png").is_file()
-    trials = pd.read_csv(a / "trials.csv")
+        assert (out / link).is_file(), link
+    assert (out / "fig_comparison_curves.png").is_file()
+    assert (out / "fig_finetune__parallel_coordinates.png").is_file()
+    trials = pd.read_csv(out / "trials.csv")
     assert trials["experiment"].value_counts().to_dict() == {"scratch": 12, "finetune": 8}
+
+
+def test_comparison_never_writes_into_an_experiment(tmp_path):
+    a = make_experiment(tmp_path, "a", n=6, stopped=0)
+    b = make_experiment(tmp_path, "b", n=6, seed=1, stopped=0)
+    before = sorted(f.name for f in a.iterdir())
+    with pytest.raises(ExperimentError, match="one of the compared experiments"):
+        write_report([a, b], use_wandb=False, out=a)
+    assert sorted(f.name for f in a.iterdir()) == before
+    md = write_report([a, b], use_wandb=False, out=tmp_path / "cmp")
+    assert md == (tmp_path / "cmp" / "report.md").resolve() and md.is_file()
 
 
 def test_report_on_an_experiment_without_results(tmp_path):

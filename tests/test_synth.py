@@ -135,6 +135,6 @@ def test_refuses_foreign_folder_replaces_own(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["per_class", "val_per_class", "image_size", "seed"])
 def test_refuses_impossible_arguments(tmp_path: Path, key: str) -> None:
-    with pytest.raises(ValueError, match=key):
+    with pytest.raises(ValueError, match=f"--{key.replace('_', '-')} -1"):  # the CLI flag
         make_synthetic(tmp_path / "d", **{key: -1})
     assert not (tmp_path / "d").exists()

@@ -56,10 +56,26 @@ def download_dataset(
     """
     root = Path(root).expanduser()
     dest = root / DATASET_DIRNAME
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in ("http", "https", "file"):
+        raise DownloadError(f"--url {url!r}: not a URL (expected http://, https:// or file://)")
+    if root.exists() and not root.is_dir():
+        raise DownloadError(f"--root {root}: is a file, not a folder")
     if _is_dataset(dest):
         log.info("dataset already at %s", dest)
         return dest
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_locked(root, dest, url, timeout=timeout, progress=progress)
+    except BaseException:
+        # a failed first attempt into a new folder leaves nothing behind (not even the lock)
+        if created and [p.name for p in root.iterdir()] in ([], [".download.lock"]):
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _download_locked(root: Path, dest: Path, url: str, *, timeout: float, progress: bool) -> Path:
     lock = FileLock(root / ".download.lock")
     try:
         lock.acquire(timeout=0)

@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..config import ConfigError
+
 CLASSES: tuple[str, ...] = (
     "Amphibia", "Animalia", "Arachnida", "Aves", "Fungi",
     "Insecta", "Mammalia", "Mollusca", "Plantae", "Reptilia",
@@ -135,7 +137,8 @@ def _check_target(out: Path) -> None:
     marker = out / _MARKER_FILE
     ours = marker.is_file() and marker.read_text().startswith(SYNTHETIC_NOTE[:40])
     if out.is_dir() and any(out.iterdir()) and not ours:
-        raise ValueError(f"refusing to write a synthetic dataset into non-empty folder {out}")
+        raise ConfigError(f"--out {out}: not empty and not a synthetic set (no {_MARKER_FILE}); "
+                          "choose an empty or new folder")
 
 
 def make_synthetic(
@@ -149,7 +152,7 @@ def make_synthetic(
 
     ``val_per_class`` defaults to ``max(per_class // 4, 2)``. The same arguments give the same
     bytes. A previous synthetic set in ``out`` is replaced; any other non-empty ``out`` raises
-    ``ValueError``.
+    ``ConfigError`` (a ValueError).
     """
     out = Path(out)
     val_per_class = max(per_class // 4, 2) if val_per_class is None else val_per_class
@@ -157,7 +160,7 @@ def make_synthetic(
     for key, value, least in (("per_class", per_class, 1), ("val_per_class", val_per_class, 1),
                               ("image_size", image_size, 8), ("seed", seed, 0)):  # fmt: skip
         if value < least:
-            raise ValueError(f"{key} must be >= {least}, got {value}")
+            raise ConfigError(f"--{key.replace('_', '-')} {value}: must be >= {least}")
     _check_target(out)
     for split in _SPLITS:  # only reached for our own earlier output: no stale images survive
         shutil.rmtree(out / split, ignore_errors=True)

@@ -35,8 +35,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - junk bytes, truncated file, foreign pickle
-        raise WeightsError(f"weights file {path} is not a file torch.load can read "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        # Never repeat torch's advice to retry with weights_only=False: that runs the file's code.
+        raise WeightsError(f"weights file {path} is not a state dict (torch.load with "
+                           f"weights_only=True: {type(e).__name__}); save one with "
+                           "torch.save(model.state_dict(), path)") from None
     if not isinstance(state, Mapping) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         kind = type(state).__name__

@@ -185,6 +185,8 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
         raise SweepError(f"--num-samples {num_samples}: must be >= 1")
     if cpus_per_trial <= 0:
         raise SweepError(f"--cpus-per-trial {cpus_per_trial}: must be > 0")
+    if gpus_per_trial < 0:
+        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: must be >= 0")
     if max_concurrent is not None and max_concurrent < 1:
         raise SweepError(f"--max-concurrent {max_concurrent}: must be >= 1")
     if spec.model == "finetune":
@@ -200,6 +202,9 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
                         gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
                         use_wandb=use_wandb, wandb_project=wandb_project, address=address,
                         seed=seed, max_failures=max_failures, overrides=override_texts)
+    if not resume and _experiment_exists(opts.experiment_path):
+        raise SweepError(f"--name {opts.name}: {opts.experiment_path} already holds an experiment; "
+                         f"--resume --name {opts.name} continues it, another --name starts a new one")
     if resume:
         saved = Path(opts.experiment_path) / SWEEP_FILE
         if saved.is_file():  # keep the original settings of the experiment
@@ -209,6 +214,19 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
                 kept["address"] = address
             opts = SweepOptions(**kept, overrides=tuple(prev.get("overrides", ())))
     return opts, spec
+
+
+def _experiment_exists(path: str) -> bool:
+    """A sweep already wrote there (its sweep.json, or Ray's state): a new one would mix in."""
+    if "://" in path:
+        import pyarrow.fs
+        try:
+            fs, root = pyarrow.fs.FileSystem.from_uri(path)
+            return fs.get_file_info(f"{root.rstrip('/')}/{SWEEP_FILE}").type != pyarrow.fs.FileType.NotFound
+        except Exception:  # noqa: BLE001 - unreachable storage is reported by check_storage
+            return False
+    p = Path(path)
+    return (p / SWEEP_FILE).is_file() or any(p.glob("experiment_state-*.json"))
 
 
 def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str | None = None,
@@ -408,7 +426,6 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
     for cb in callbacks:
         if hasattr(cb, "waiting_for"):
             cb.waiting_for = waiting_for  # named by the progress while trials wait for a node
-
 
     settings = TrialSettings(data_dir=opts.data_dir, cpus_per_trial=opts.cpus_per_trial,
                              gpus_per_trial=opts.gpus_per_trial)

@@ -431,7 +431,10 @@ def _parse_param(name: str, raw: Any) -> Param:
     if not isinstance(dist, str) or dist not in _FORMS:
         raise SpaceError(_unknown_msg(dist, _FORMS, "distribution", where=f"{where}.distribution"))
     allowed = _FORMS[dist]
+    every_key = {"distribution", *(k for keys in _FORMS.values() for k in keys)}
     for key in raw:
+        if key not in every_key:  # a key of no W&B form: a typo, most likely
+            raise SpaceError(_unknown_msg(key, sorted(every_key), "parameter key", where=f"{where}.{key}"))
         if key != "distribution" and key not in allowed:
             raise SpaceError(f"{where}.{key}: not a key of a {dist} parameter "
                              f"(it takes {', '.join(allowed)})")
