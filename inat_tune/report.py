@@ -1,7 +1,8 @@
 """``inat-tune report EXP [EXP2 ...]``: tables, figures, insights, ``report.md`` and a
-self-contained ``report.html`` (figures embedded as base64), written into the first experiment
-folder. With several experiments, a side-by-side comparison comes first (Part B: training from
-scratch vs fine-tuning).
+self-contained ``report.html`` (figures embedded as base64), written into the experiment's
+folder. Several experiments make a comparison, written to a folder of its own (``--out``,
+default ``compare-<A>-vs-<B>`` beside the first), with a side-by-side table first (Part B:
+training from scratch vs fine-tuning).
 
 Everything the report states comes from :mod:`inat_tune.analysis`; the figures from
 :mod:`inat_tune.plots`. The report is built once as a list of blocks, rendered twice (Markdown

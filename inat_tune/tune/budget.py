@@ -14,6 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .space import max_epochs, num_grid_trials
+
+if TYPE_CHECKING:  # types only: the runner imports this module
+    from .runner import SweepOptions
+    from .space import SweepSpec
 
 # Optuna's TPESampler default: random trials before TPE models anything.
 OPTUNA_DEFAULT_STARTUP = 10
@@ -84,3 +91,60 @@ def sweep_budget(num_samples: int, max_epochs: int, grace: int | None = None,
     per_trial = expected_epochs_per_trial(grace, eta, max_epochs)
     return Budget(num_samples, max_epochs, rungs, eta, num_samples * max_epochs,
                   num_samples * per_trial)
+
+
+# ---------------------------------------------------------------------------------------------
+# A sweep in words (every sweep prints the search lines; --dry-run prints everything)
+
+
+def num_trials(opts: SweepOptions, spec: SweepSpec) -> int:
+    """Trials the sweep runs: the grid's size for a grid, else num_samples."""
+    return num_grid_trials(spec) if spec.method == "grid" else opts.num_samples
+
+
+def search_lines(opts: SweepOptions, spec: SweepSpec) -> list[str]:
+    """The searcher and the scheduler in words (printed by every sweep and by --dry-run)."""
+    n = num_trials(opts, spec)
+    if spec.method == "bayes":
+        k = startup_trials(n)
+        liar = "on" if constant_liar(opts.max_concurrent) else "off (one trial at a time)"
+        searcher = (f"searcher: Optuna TPE (seed {opts.seed}): {min(k, n)} random start-up trials of {n}, "
+                    f"then TPE; constant liar {liar}; ASHA-stopped trials reach Optuna as PRUNED")
+    elif spec.method == "random":
+        searcher = f"searcher: random (seed {opts.seed}), {n} trials"
+    else:
+        searcher = f"searcher: grid, {n} configurations, each once"
+    et = spec.early_terminate
+    b = sweep_budget(n, max_epochs(spec), et["min_iter"] if et else None, et["eta"] if et else None)
+    sched = f"scheduler: ASHA, {b.describe_rungs()}" if et else f"scheduler: none, {b.describe_rungs()}"
+    return [searcher, sched]
+
+
+def describe(opts: SweepOptions, spec: SweepSpec) -> str:
+    """Everything ``--dry-run`` prints, as text."""
+    n = num_trials(opts, spec)
+    et = spec.early_terminate
+    b = sweep_budget(n, max_epochs(spec), et["min_iter"] if et else None, et["eta"] if et else None)
+    lines = [f"sweep {opts.name} (dry run: nothing started, nothing written)",
+             f"model {spec.model}, method {spec.method}, {spec.metric} ({'max' if spec.mode == 'max' else 'min'}imised)",
+             f"data {opts.data_dir}: validation split {spec.val_fraction:g} of train/ (split_seed "
+             f"{spec.split_seed}), the same for every trial",
+             f"experiment folder {opts.experiment_path}",
+             "parameters:"]
+    for name, p in spec.parameters.items():
+        form = p.to_dict()
+        text = (f"= {form['value']!r}" if "value" in form else
+                f"one of {form['values']!r}" if "values" in form else
+                ", ".join(f"{k} {v!r}" for k, v in form.items()))
+        lines.append(f"  {name:<18} {text}")
+    lines += search_lines(opts, spec)
+    if et:
+        lines.append(f"budget: {n} trials x up to {b.max_epochs} epochs: worst case {b.worst} epochs "
+                     f"(ASHA stops nobody), expected {b.expected:.0f} (ASHA keeps 1/{et['eta']:g} "
+                     f"at each rung; early in a sweep it keeps more)")
+    else:
+        lines.append(f"budget: {n} trials x {b.max_epochs} epochs = {b.worst} epochs")
+    gpu = f" + {opts.gpus_per_trial:g} GPU" if opts.gpus_per_trial else ""
+    lines.append(f"resources: {opts.cpus_per_trial:g} CPU{gpu} per trial"
+                 + (f", at most {opts.max_concurrent} at once" if opts.max_concurrent else ""))
+    return "\n".join(lines)

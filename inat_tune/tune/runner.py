@@ -7,6 +7,9 @@ it with its flags as keyword arguments); ``plan_sweep`` does its checks and retu
 The experiment folder ``<storage>/<name>`` is Ray Tune's own, plus ``sweep.json`` (the
 sweep's settings, so ``--resume``, ``evaluate`` and ``report`` need no flags),
 ``space.yaml`` (the resolved search space) and ``split_manifest.json``.
+
+A little over 500 lines on purpose: one concern, starting and resuming a sweep, with the
+checks that must run before Ray does (storage, GPUs, cluster capacity, saved state).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..config import parse_overrides
 from ..data.pipeline import load_tuning_data
 from ..data.scan import scan_dataset
 from ..experiment import SPACE_FILE, SWEEP_FILE, Experiment, ExperimentError, best_trial, load_experiment
-from . import budget
+from .budget import describe, num_trials, search_lines
 from .space import SweepSpec, load_space, max_epochs, num_grid_trials, override, spec_to_dict, with_split
 from .trainables import TrialSettings, make_trainable
 
@@ -272,59 +275,6 @@ def preview(space: str | Path | Mapping[str, Any], data: str | Path, **kwargs: A
     if opts.address is None:
         check_gpus(opts.gpus_per_trial, _local_gpus())
     return describe(opts, spec)
-
-
-def num_trials(opts: SweepOptions, spec: SweepSpec) -> int:
-    """Trials the sweep runs: the grid's size for a grid, else num_samples."""
-    return num_grid_trials(spec) if spec.method == "grid" else opts.num_samples
-
-
-def search_lines(opts: SweepOptions, spec: SweepSpec) -> list[str]:
-    """The searcher and the scheduler in words (printed by every sweep and by --dry-run)."""
-    n = num_trials(opts, spec)
-    if spec.method == "bayes":
-        k = budget.startup_trials(n)
-        liar = "on" if budget.constant_liar(opts.max_concurrent) else "off (one trial at a time)"
-        searcher = (f"searcher: Optuna TPE (seed {opts.seed}): {min(k, n)} random start-up trials of {n}, "
-                    f"then TPE; constant liar {liar}; ASHA-stopped trials reach Optuna as PRUNED")
-    elif spec.method == "random":
-        searcher = f"searcher: random (seed {opts.seed}), {n} trials"
-    else:
-        searcher = f"searcher: grid, {n} configurations, each once"
-    et = spec.early_terminate
-    b = budget.sweep_budget(n, max_epochs(spec), et["min_iter"] if et else None, et["eta"] if et else None)
-    sched = f"scheduler: ASHA, {b.describe_rungs()}" if et else f"scheduler: none, {b.describe_rungs()}"
-    return [searcher, sched]
-
-
-def describe(opts: SweepOptions, spec: SweepSpec) -> str:
-    """Everything ``--dry-run`` prints, as text."""
-    n = num_trials(opts, spec)
-    et = spec.early_terminate
-    b = budget.sweep_budget(n, max_epochs(spec), et["min_iter"] if et else None, et["eta"] if et else None)
-    lines = [f"sweep {opts.name} (dry run: nothing started, nothing written)",
-             f"model {spec.model}, method {spec.method}, {spec.metric} ({'max' if spec.mode == 'max' else 'min'}imised)",
-             f"data {opts.data_dir}: validation split {spec.val_fraction:g} of train/ (split_seed "
-             f"{spec.split_seed}), the same for every trial",
-             f"experiment folder {opts.experiment_path}",
-             "parameters:"]
-    for name, p in spec.parameters.items():
-        form = p.to_dict()
-        text = (f"= {form['value']!r}" if "value" in form else
-                f"one of {form['values']!r}" if "values" in form else
-                ", ".join(f"{k} {v!r}" for k, v in form.items()))
-        lines.append(f"  {name:<18} {text}")
-    lines += search_lines(opts, spec)
-    if et:
-        lines.append(f"budget: {n} trials x up to {b.max_epochs} epochs: worst case {b.worst} epochs "
-                     f"(ASHA stops nobody), expected {b.expected:.0f} (ASHA keeps 1/{et['eta']:g} "
-                     f"at each rung; early in a sweep it keeps more)")
-    else:
-        lines.append(f"budget: {n} trials x {b.max_epochs} epochs = {b.worst} epochs")
-    gpu = f" + {opts.gpus_per_trial:g} GPU" if opts.gpus_per_trial else ""
-    lines.append(f"resources: {opts.cpus_per_trial:g} CPU{gpu} per trial"
-                 + (f", at most {opts.max_concurrent} at once" if opts.max_concurrent else ""))
-    return "\n".join(lines)
 
 
 def _overrides(overrides: Mapping[str, Any] | Iterable[str] | str) -> tuple[dict[str, Any], tuple[str, ...]]:
