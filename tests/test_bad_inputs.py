@@ -89,6 +89,8 @@ CASES = [
     ("sweep-grid-continuous", "sweep {space:grid_continuous} --data {data} --storage {tmp}/exps", "grid"),
     ("sweep-zero-samples", "sweep {space:good} --data {data} --storage {tmp}/exps --num-samples 0", "--num-samples 0"),
     ("sweep-zero-cpus", "sweep {space:good} --data {data} --storage {tmp}/exps --cpus-per-trial 0", "--cpus-per-trial"),
+    ("sweep-more-cpus-than-cores", "sweep {space:good} --data {data} --storage {tmp}/exps --cpus-per-trial 4096",
+     "no trial could ever start"),
     ("sweep-negative-gpus", "sweep {space:good} --data {data} --storage {tmp}/exps --gpus-per-trial -1", "--gpus-per-trial"),
     ("sweep-zero-concurrent", "sweep {space:good} --data {data} --storage {tmp}/exps --max-concurrent 0", "--max-concurrent"),
     ("sweep-bad-set", "sweep {space:good} --data {data} --storage {tmp}/exps --set learning_rate=1", "learning_rate"),
