@@ -103,12 +103,6 @@ def check_storage(storage: str) -> None:
 def check_gpus(gpus_per_trial: float, available: float | None) -> None:
     if gpus_per_trial < 0:
         raise SweepError(f"--gpus-per-trial {gpus_per_trial}: must be >= 0")
-    cores = os.cpu_count() or 1
-    if address is None and "RAY_ADDRESS" not in os.environ and cpus_per_trial > cores:
-        # a local Ray has this machine's cores only: such a trial would stay PENDING forever
-        raise SweepError(f"--cpus-per-trial {cpus_per_trial:g}: this machine has {cores} CPUs, so no "
-                         f"trial could ever start; use --cpus-per-trial <= {cores}, or --address to "
-                         "join a cluster with larger nodes")
     if gpus_per_trial == 0:
         return
     if gpus_per_trial > 1:
