@@ -7,6 +7,9 @@ training from scratch vs fine-tuning).
 Everything the report states comes from :mod:`inat_tune.analysis`; the figures from
 :mod:`inat_tune.plots`. The report is built once as a list of blocks, rendered twice (Markdown
 and HTML), so both always say the same thing.
+
+A little over 500 lines on purpose: one document, its two renderers and its sections read
+best together; the numbers and figures it shows live in analysis/ and plots.py.
 """
 
 from __future__ import annotations
