@@ -78,6 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", default=None, help="also write the results as JSON here")
     be.add_argument("--search", action="store_true", help="compare TPE+ASHA with random search")
     be.add_argument("--quick", action="store_true", help="smaller measurements (smoke test)")
+    be.add_argument("--concurrent", type=int, default=None, metavar="N",
+                    help="only this: N trainings of the scratch CNN at once on one device "
+                         "(separate processes, no Ray) against one alone")
     rp_ = be.add_argument_group("--replay: search methods replayed over recorded learning curves (nothing trained)")
     rp_.add_argument("--replay", default=None, metavar="TABLE",
                      help="a finished full-factorial grid experiment folder, or its load_history CSV")
@@ -238,7 +241,8 @@ def cmd_bench(args) -> int:
                                  figure_path=args.figure, **extra))
         return 0
     return run_bench(BenchOptions(data=args.data, image_size=args.image_size, json_path=args.json,
-                                  search=args.search, quick=args.quick))
+                                  search=args.search, quick=args.quick,
+                                  concurrent=args.concurrent))
 
 
 def cmd_demo(args) -> int:

@@ -483,3 +483,97 @@ def test_data_path_sections_on_cuda_are_finite(tiny, tmp_path):
     assert x.device.type == "cuda"
     r = bench_device_loader(x, y, batch_size=16, min_seconds=0.05, device=device)
     assert finite_positive(r["images_per_s"]) and r["images"] >= 16
+
+
+# ---------------------------------------------------------------------------------------------
+# --concurrent: N trainings at once in spawned processes (inat_tune.bench.concurrent)
+
+def test_concurrent_module_imports_no_ray():
+    code = ("import sys, inat_tune.bench.concurrent, inat_tune.bench; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1],
+                   timeout=120)
+
+
+def test_concurrent_window_summary_by_construction():
+    from inat_tune.bench.concurrent import window_summary
+
+    # two windows [10, 12] and [11, 13] of 100 images: span 3 s, together 1 s of it
+    s = window_summary([{"images": 100, "seconds": 2.0, "start": 10.0, "end": 12.0},
+                        {"images": 100, "seconds": 2.0, "start": 11.0, "end": 13.0}])
+    assert s["total_images"] == 200 and s["span_s"] == 3.0
+    assert s["aggregate_images_per_s"] == pytest.approx(200 / 3)
+    assert s["overlap_s"] == 1.0 and s["overlap_fraction"] == pytest.approx(1 / 3)
+    assert [p["images_per_s"] for p in s["per_process"]] == [50.0, 50.0]
+    assert [(p["start_s"], p["end_s"]) for p in s["per_process"]] == [(0.0, 2.0), (1.0, 3.0)]
+    assert s["sum_per_process_images_per_s"] == 100.0
+    # windows that do not meet: no overlap, and the gap counts in the span
+    apart = window_summary([{"images": 10, "seconds": 1.0, "start": 0.0, "end": 1.0},
+                            {"images": 10, "seconds": 1.0, "start": 3.0, "end": 4.0}])
+    assert apart["overlap_s"] == 0.0 and apart["aggregate_images_per_s"] == 5.0
+
+
+def test_concurrent_options_are_validated(monkeypatch, capsys):
+    assert BenchOptions(concurrent=2).concurrent == 2
+    assert BenchSettings.from_options(BenchOptions(concurrent=3, quick=True)).concurrent == 3
+    for bad, key in (({"concurrent": 0}, "concurrent=0"), ({"concurrent": -1}, "concurrent=-1"),
+                     ({"concurrent": 65}, "concurrent=65"), ({"concurrent": "2"}, "concurrent='2'"),
+                     ({"concurrent": 2.0}, "concurrent=2.0"), ({"concurrent": True}, "concurrent=True"),
+                     ({"concurrent": 2, "search": True}, "concurrent=2 with search"),
+                     ({"concurrent": 2, "data": "d"}, "concurrent=2 with data")):
+        with pytest.raises(ConfigError, match=key):
+            BenchOptions(**bad)
+    seen = []
+    monkeypatch.setattr("inat_tune.bench.run_bench", lambda options: seen.append(options) or 0)
+    assert cli.main(["bench", "--concurrent", "4", "--image-size", "48", "--quick"]) == 0
+    assert seen == [BenchOptions(image_size=48, quick=True, concurrent=4)]
+    monkeypatch.undo()
+    assert cli.main(["bench", "--concurrent", "0"]) == 2  # refused before any process starts
+    assert "bench: error: concurrent=0: must be from 1 to 64" in capsys.readouterr().err
+
+
+def test_concurrent_process_failure_is_raised_with_its_traceback():
+    from inat_tune.bench.concurrent import ConcurrentBenchError, _launch
+
+    # image_size 16 is refused by RunConfig inside each process: nobody waits forever
+    with pytest.raises(ConcurrentBenchError, match=r"(?s)process 0 of 2 \(cpu\) failed.*image_size"):
+        _launch(2, device="cpu", image_size=16, batch_size=4, variant=None, threads=1, steps=2,
+                seconds=0.0, steps_range=(1, 2), repeats=1)
+
+
+@pytest.mark.slow  # three spawned processes, each importing torch: ~30-60 s on 2 cores
+def test_concurrent_bench_runs_and_its_figures_add_up(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    assert cli.main(["bench", "--concurrent", "2", "--quick", "--image-size", "32",
+                     "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 at once: aggregate images/s" in out and "aggregate / alone" in out
+    res = json.loads(path.read_text())
+    assert "inat-tune bench --concurrent 2 --image-size 32 --quick --json" in res["command"]
+    assert res["settings"]["concurrent"] == 2 and "naive" not in res and "targets" not in res
+    r = res["concurrent"]
+    assert (r["n"], r["device"], r["variant"], r["image_size"]) == (2, "cpu", "fp32", 32)
+    assert r["batch_size"] == 16 and r["steps"] >= 1  # --quick: the quick settings' batch
+    assert r["images_per_process"] == r["steps"] * r["batch_size"]
+    assert r["threads_alone"] == max(1, r["cores"]) and r["threads_per_process"] == max(1, r["cores"] // 2)
+    a, c = r["alone"], r["concurrent"]
+    assert finite_positive(a["images_per_s"]) and a["images"] == r["images_per_process"]
+    assert a["images_per_s"] == pytest.approx(a["images"] / a["seconds"])
+    assert finite_positive(a["bench_train_step_images_per_s"])
+    assert len(c["per_process"]) == 2 == c["processes"]
+    for p in c["per_process"]:  # each process trained the same steps, inside the span
+        assert p["images"] == r["images_per_process"] and finite_positive(p["images_per_s"])
+        assert p["images_per_s"] == pytest.approx(p["images"] / p["seconds"])
+        assert 0.0 <= p["start_s"] < p["end_s"] <= c["span_s"] * (1 + 1e-9)
+    assert min(p["start_s"] for p in c["per_process"]) == 0.0
+    # by construction: aggregate = all images / span; the span holds each window, so the
+    # aggregate is at most the sum of the per-process rates
+    assert c["total_images"] == 2 * r["images_per_process"]
+    assert c["aggregate_images_per_s"] == pytest.approx(c["total_images"] / c["span_s"], rel=1e-12)
+    assert c["span_s"] == pytest.approx(max(p["end_s"] for p in c["per_process"]), rel=1e-12)
+    assert c["aggregate_images_per_s"] <= c["sum_per_process_images_per_s"] * (1 + 1e-9)
+    assert c["sum_per_process_images_per_s"] == pytest.approx(
+        sum(p["images_per_s"] for p in c["per_process"]))
+    assert 0.0 <= c["overlap_s"] <= c["span_s"] and 0.0 <= c["overlap_fraction"] <= 1.0
+    assert r["ratio"] == pytest.approx(c["aggregate_images_per_s"] / a["images_per_s"])
+    assert c["peak_fraction"] is None and a["peak_fraction"] is None  # no peak on a CPU

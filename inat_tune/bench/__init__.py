@@ -20,6 +20,10 @@ Default mode (the same files, the same cores, the same batch size for every line
 epochs, on a fixed small synthetic dataset with equal numbers of trials, through the real sweep
 machinery (:mod:`.search`).
 
+``concurrent=N`` (``--concurrent N``): the default scratch CNN trained in N processes at once on
+one device (spawned, no Ray) against one alone: per-process and aggregate images/s and their
+ratio (:mod:`.concurrent`); only that is measured.
+
 Without ``data`` the photos are generated (``inat_tune.data.synth`` at a nominal 600 px:
 450-960 px sides, JPEG quality 90, about 170 kB each, like iNaturalist photos) and kept in the
 temporary folder for the next run, so decoding costs what it costs in real use
@@ -40,6 +44,7 @@ From Python::
     from inat_tune.bench import BenchOptions, bench, run_bench
     res = bench(image_size=32, quick=True)        # prints the table, returns the result
     run_bench(BenchOptions(search=True, json_path="search.json"))  # what the CLI calls
+    bench(concurrent=4, image_size=64)            # 4 trainings at once against one alone
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
+from .concurrent import bench_concurrent, concurrent_targets, format_concurrent
 from .environment import command_line, flop_fraction, load_average, machine_info, peak_flops
 from .options import BenchOptions, BenchSettings
 from .report import format_table, write_json
@@ -58,7 +64,7 @@ from .throughput import run_throughput
 
 __all__ = ["BenchOptions", "BenchSettings", "bench", "run_bench", "collect", "format_table",
            "bench_search", "run_throughput", "summarize_sweep", "epochs_to_reach", "peak_flops",
-           "flop_fraction"]
+           "flop_fraction", "bench_concurrent"]
 
 
 def collect(options: BenchOptions) -> dict[str, Any]:
@@ -74,7 +80,16 @@ def collect(options: BenchOptions) -> dict[str, Any]:
         "machine": machine_info(), "settings": asdict(s),
     }
     t0 = time.perf_counter()
-    if options.search:
+    if options.concurrent is not None:
+        # environment.command_line does not know the flag: it follows "bench" here
+        res["command"] = res["command"].replace("inat-tune bench",
+                                                f"inat-tune bench --concurrent {s.concurrent}", 1)
+        cr = bench_concurrent(s.concurrent, s.image_size, s.batch_size, seconds=s.train_seconds,
+                              steps_range=s.train_steps, repeats=s.repeats)
+        res["concurrent"] = cr
+        if concurrent_targets(cr):
+            res["targets"] = concurrent_targets(cr)
+    elif options.search:
         sr = bench_search(s)
         res["search"] = sr
         if "comparison" in sr:
@@ -93,7 +108,11 @@ def collect(options: BenchOptions) -> dict[str, Any]:
 def _run(options: BenchOptions) -> dict[str, Any]:
     res = collect(options)
     print()
-    print(format_table(res))
+    if "concurrent" in res:  # the header of format_table, then the section's own rows
+        print(format_table({k: v for k, v in res.items() if k != "targets"}))
+        print(format_concurrent(res))
+    else:
+        print(format_table(res))
     if options.json_path:
         path = write_json(res, options.json_path)
         print(f"\nwrote {path}")

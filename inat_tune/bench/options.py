@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 from ..config import MIN_IMAGE_SIZE, ConfigError
 
+MAX_CONCURRENT = 64  # processes of ``--concurrent``: a typo should not start thousands
+
 
 @dataclass(frozen=True)
 class BenchOptions:
@@ -18,6 +20,8 @@ class BenchOptions:
     ``data`` None: generated photo-sized JPEGs. ``search``: compare TPE+ASHA with random search
     on the bench's own fixed dataset and image size instead (``data`` and ``image_size`` are then
     not used). ``quick``: smoke-test sizes (see :meth:`BenchSettings.quickened`).
+    ``concurrent`` N: only train the default scratch CNN in N processes at once on one device
+    against one alone (:mod:`.concurrent`; synthetic images on the device, so no ``data``).
     """
 
     data: str | None = None
@@ -25,6 +29,7 @@ class BenchOptions:
     json_path: str | None = None
     search: bool = False
     quick: bool = False
+    concurrent: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("data", "json_path"):  # paths are kept as text: they go to the JSON as given
@@ -44,6 +49,19 @@ class BenchOptions:
         if size < MIN_IMAGE_SIZE:  # the scratch CNN's five 2x2 max-pools; refused before any work
             raise ConfigError(f"image_size={size!r}: must be >= {MIN_IMAGE_SIZE} (five 2x2 "
                               "max-pools halve it five times)")
+        n = self.concurrent
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise ConfigError(f"concurrent={n!r}: expected a whole number of processes or None")
+            if not 1 <= n <= MAX_CONCURRENT:
+                raise ConfigError(f"concurrent={n!r}: must be from 1 to {MAX_CONCURRENT} "
+                                  "(processes training at once)")
+            if self.search:
+                raise ConfigError(f"concurrent={n} with search=True: two different bench modes; "
+                                  "choose one")
+            if self.data is not None:
+                raise ConfigError(f"concurrent={n} with data={self.data!r}: the concurrent "
+                                  "trainings use synthetic images already on the device; drop data")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "BenchOptions":
@@ -80,11 +98,13 @@ class BenchSettings:
     search_image_size: int = 32
     search_per_class: int = 160  # 1280 training images: 20 steps per epoch at batch 64
     search_seed: int = 0  # searcher seed of both sweeps (not a CLI flag: change it in Python)
+    concurrent: int | None = None  # N processes training at once (only that is measured)
 
     @classmethod
     def from_options(cls, options: BenchOptions) -> "BenchSettings":
         base = cls(image_size=options.image_size, data=options.data,
-                   json_path=options.json_path, quick=options.quick)
+                   json_path=options.json_path, quick=options.quick,
+                   concurrent=options.concurrent)
         return base.quickened() if base.quick else base
 
     def quickened(self) -> "BenchSettings":
