@@ -120,6 +120,9 @@ def _add_sweep_parser(sub, fmt) -> None:
                     help="the sweep's validation share of train/ (default: the space's, else 0.2)")
     sw.add_argument("--split-seed", type=int, default=None,
                     help="seed of the sweep's validation split (default: the space's, else 0)")
+    sw.add_argument("--fresh-process", action="store_true",
+                    help="a new worker process for every trial (default: processes are reused, "
+                         "reset between trials, and keep their loaded data warm)")
     sw.add_argument("--dry-run", action="store_true",
                     help="check everything and print the parameters, searcher, ASHA rungs and epoch budget; start nothing")
 
@@ -198,7 +201,8 @@ def cmd_sweep(args) -> int:
                   max_concurrent=args.max_concurrent, use_wandb=not args.no_wandb,
                   wandb_project=args.wandb_project, address=args.address, seed=args.seed,
                   max_failures=args.max_failures, overrides=args.set,
-                  val_fraction=args.val_fraction, split_seed=args.split_seed, resume=args.resume)
+                  val_fraction=args.val_fraction, split_seed=args.split_seed, resume=args.resume,
+                  fresh_process=args.fresh_process)
     try:
         if args.dry_run:
             print(preview(args.space, args.data, **kwargs))

@@ -20,6 +20,7 @@ from .config import RunConfig
 from .data.features import cached_features
 from .data.loader import IMAGENET_MEAN, IMAGENET_STD, Augment, DeviceLoader, to_device
 from .data.pipeline import TuningData
+from .data.warm import WARM
 from .models.registry import create_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -305,6 +306,20 @@ class FitResult:
     state: TrainState
 
 
+def device_arrays(data: TuningData, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_val, y_val) on ``device``. A device copy is kept warm for the next
+    trial in this process (:mod:`inat_tune.data.warm`); on the CPU the images are views of the
+    memory-mapped cache, so there is nothing to keep."""
+    def load() -> tuple[torch.Tensor, ...]:
+        return (*to_device(data.train.images, data.train.labels, device),
+                *to_device(data.val.images, data.val.labels, device))
+
+    if device.type == "cpu" or not data.key:
+        return load()
+    return WARM.get(("device", data.key, str(device)), load, device=device.type,
+                    nbytes=lambda ts: sum(t.numel() * t.element_size() for t in ts))
+
+
 # ---------------------------------------------------------------------------------------------
 
 def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None = None,
@@ -342,8 +357,7 @@ def fit(cfg: RunConfig, data: TuningData, *, device: str | torch.device | None =
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     mean, std = norm_stats(model)
-    x_tr, y_tr = to_device(data.train.images, data.train.labels, device)
-    x_va, y_va = to_device(data.val.images, data.val.labels, device)
+    x_tr, y_tr, x_va, y_va = device_arrays(data, device)
     net: nn.Module = model
     if cfg.feature_cache and not cfg.augment:
         # A frozen prefix (if the model has one) computed once: the loop then trains only the

@@ -32,6 +32,7 @@ from torch import nn
 from .atomic import build_folder_once
 from .cache import cache_root, fingerprint
 from .loader import DeviceLoader
+from .warm import WARM
 
 if TYPE_CHECKING:
     from ..models.pretrained import FinetuneModel
@@ -82,14 +83,23 @@ def cached_features(model: nn.Module, x_tr: torch.Tensor, x_va: torch.Tensor, *,
         return (compute_features(frozen.prefix, x_tr, mean, std, bf16, dtype=dtype),
                 compute_features(frozen.prefix, x_va, mean, std, bf16, dtype=dtype))
 
+    def stored() -> tuple[torch.Tensor, torch.Tensor, Path | None, bool]:
+        (f_tr, f_va), path, loaded = _disk_cached(key, compute, {
+            "backbone": model.backbone, "weights": model.weights, "split": frozen.stage,
+            "pieces": frozen.pieces, "dtype": str(dtype), "image_size": getattr(data, "image_size", None),
+            "root": str(getattr(data, "root", "")), "n_train": len(x_tr), "n_val": len(x_va)})
+        return f_tr.to(x_tr.device), f_va.to(x_va.device), path, loaded
+
     try:
         if key is None:
             (f_tr, f_va), path, loaded = compute(), None, False
         else:
-            (f_tr, f_va), path, loaded = _disk_cached(key, compute, {
-                "backbone": model.backbone, "weights": model.weights, "split": frozen.stage,
-                "pieces": frozen.pieces, "dtype": str(dtype), "image_size": getattr(data, "image_size", None),
-                "root": str(getattr(data, "root", "")), "n_train": len(x_tr), "n_val": len(x_va)})
+            # kept in this process for its next trial (warm data): then nothing is read again
+            hits = WARM.hits
+            f_tr, f_va, path, loaded = WARM.get(
+                ("features", key, str(x_tr.device)), stored, device=x_tr.device.type,
+                nbytes=lambda v: v[0].numel() * v[0].element_size() + v[1].numel() * v[1].element_size())
+            loaded = loaded or WARM.hits > hits
     finally:
         model.train(model.training)  # compute_features put the prefix in eval mode
     f_tr, f_va = f_tr.to(x_tr.device), f_va.to(x_va.device)

@@ -8,6 +8,7 @@ call, optionally colour-jittered, and normalised. No worker processes, no per-im
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -33,10 +34,16 @@ class Augment:
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """N x S x S x 3 uint8 (memmap ok) -> (N x 3 x S x S uint8, N int64) on ``device``.
 
-    The uint8 tensor is viewed as NCHW via permute, i.e. stored channels-last, which is the
+    On the CPU a memory-mapped array is not copied: every process reading the same cache
+    shares its pages (one copy per node). The uint8 tensor is viewed as NCHW via permute, i.e. stored channels-last, which is the
     layout convolutions prefer on CUDA; ``.contiguous`` is not needed.
     """
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    with warnings.catch_warnings():
+        # A read-only memory map (the shared decode cache) stays shared: on the CPU the tensor
+        # is a view of its pages, not a copy. Nothing writes into these uint8 images.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.to(device, non_blocking=True)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
     return x.permute(0, 3, 1, 2), y
 

@@ -8,6 +8,8 @@ device once.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .atomic import build_folder_once
 from .cache import ImageCache, build_cache
 from .scan import DatasetError, ImageSet, scan_dataset
 from .split import stratified_split, write_manifest
@@ -39,6 +42,7 @@ class TuningData:
     image_size: int
     val_fraction: float
     split_seed: int
+    key: str = ""  # identifies these arrays: decode cache (files, image size) + split
 
     def write_manifest(self, path: str | Path) -> Path:
         return write_manifest(path, classes=self.classes, train=self.train.files,
@@ -47,10 +51,50 @@ class TuningData:
 
 
 def _take(cache: ImageCache, idx: Sequence[int], labels: Sequence[int]) -> ArraySplit:
+    """The rows ``idx`` (decodable ones) of ``cache``; their images are a read-only view of a
+    memory map (:func:`rows_view`), not a copy."""
     idx = [i for i in idx if cache.ok[i]]
     arr = np.asarray(idx, dtype=np.int64)
-    return ArraySplit(images=cache.images[arr], labels=np.asarray(labels, dtype=np.int64)[arr],
+    return ArraySplit(images=rows_view(cache, arr), labels=np.asarray(labels, dtype=np.int64)[arr],
                       files=tuple(cache.files[i] for i in idx))
+
+
+def rows_view(cache: ImageCache, rows: np.ndarray) -> np.ndarray:
+    """``cache.images[rows]`` as a read-only memory map: every process on a node then shares
+    one copy (the page cache) instead of holding its own.
+
+    Rows in order from 0 are a slice of the cache itself; any other selection (a stratified
+    split picks rows all over the file) is written once per node, in that order, to
+    ``<cache>.rows-<digest>/images.u8`` beside the cache (under the cache's lock-and-rename
+    rule, :mod:`inat_tune.data.atomic`). Where that folder cannot be written the rows are
+    copied into this process's memory instead, as before.
+    """
+    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        return cache.images[int(rows[0]):int(rows[0]) + len(rows)]
+    shape = (len(rows), *cache.images.shape[1:])
+    if not len(rows):
+        return np.empty(shape, dtype=np.uint8)
+    digest = hashlib.blake2b(rows.astype("<i8").tobytes(), digest_size=10).hexdigest()
+    final = cache.path.with_name(f"{cache.path.name}.rows-{digest}")
+
+    def build(tmp: Path) -> None:
+        out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=shape)
+        for i in range(0, len(rows), _COPY_ROWS):  # in pieces: memory stays bounded
+            out[i:i + _COPY_ROWS] = cache.images[rows[i:i + _COPY_ROWS]]
+        out.flush()
+        del out
+        (tmp / "meta.json").write_text(json.dumps({"n": len(rows), "of": cache.path.name}))
+
+    try:
+        build_folder_once(final, build)
+    except OSError as e:
+        log.warning("could not store the split's images beside %s (%s): copying them into memory",
+                    cache.path, e)
+        return cache.images[rows]
+    return np.memmap(final / "images.u8", dtype=np.uint8, mode="r", shape=shape)
+
+
+_COPY_ROWS = 1024
 
 
 def _report(images: ImageSet, caches: Sequence[ImageCache]) -> tuple[tuple[str, str], ...]:
@@ -77,7 +121,8 @@ def load_tuning_data(root: str | Path, image_size: int, val_fraction: float = 0.
                                f"image of class(es) {missing}")
     return TuningData(root=images.root, classes=images.classes, train=train, val=val,
                       skipped=_report(images, [cache]), image_size=image_size,
-                      val_fraction=val_fraction, split_seed=split_seed)
+                      val_fraction=val_fraction, split_seed=split_seed,
+                      key=f"{cache.path.name}|{val_fraction!r}|{split_seed}")
 
 
 def load_test_data(root: str | Path, image_size: int, *, classes: Sequence[str] | None = None,

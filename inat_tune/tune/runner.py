@@ -61,6 +61,7 @@ class SweepOptions:
     seed: int = 0
     max_failures: int = 2
     overrides: tuple[str, ...] = ()
+    fresh_process: bool = False  # True: a new worker process per trial (no reuse, no warm data)
 
     @property
     def experiment_path(self) -> str:
@@ -163,6 +164,33 @@ def _local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def check_memory(opts: SweepOptions, space: SweepSpec, images: Any, *, dry_run: bool = False) -> str:
+    """The memory pre-flight (:mod:`inat_tune.tune.memory`): the estimated peak of the space's
+    largest trial against what its GPU fraction leaves once the CUDA context is taken, when
+    trials take a GPU visible here (measured in a fresh process: this one keeps no CUDA
+    context). A joined cluster's GPUs are not known here: not checked. Raises SweepError, with
+    the numbers and what fits, when the trial cannot fit. ``dry_run``: returns the estimate's
+    line (also on a CPU); else the measured context goes to $INAT_TUNE_CUDA_CONTEXT_BYTES for
+    the trials of a local Ray (started after this), which subtract it from their allocator cap."""
+    from .memory import CONTEXT_ENV, MemoryPreflightError, measure_device, sweep_memory
+
+    device = None
+    if opts.gpus_per_trial > 0 and opts.address is None and _local_gpus():
+        device = measure_device()
+        if device is not None and not dry_run:
+            os.environ.setdefault(CONTEXT_ENV, str(int(device["context"])))
+    if device is None and not dry_run:
+        return ""  # nothing to check against
+    try:
+        return sweep_memory(space, images.train_labels, len(images.classes), opts.gpus_per_trial,
+                            device=device)
+    except MemoryPreflightError as e:
+        raise SweepError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - an estimate that fails must not stop a sweep
+        log.warning("memory pre-flight skipped: %s: %s", type(e).__name__, e)
+        return f"peak memory per trial: not estimated ({type(e).__name__}: {e})"
+
+
 def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str | None = None,
                storage: str | Path = "results", num_samples: int | None = None,
                cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
@@ -170,7 +198,7 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
                wandb_project: str = "inat-tune", address: str | None = None, seed: int = 0,
                max_failures: int = 2, overrides: Mapping[str, Any] | Iterable[str] = (),
                val_fraction: float | None = None, split_seed: int | None = None,
-               resume: bool = False) -> tuple[SweepOptions, SweepSpec]:
+               resume: bool = False, fresh_process: bool = False) -> tuple[SweepOptions, SweepSpec]:
     """The checked options and search space of a sweep; nothing is started or written.
 
     Arguments are ``sweep``'s. Raises SpaceError (naming the key), ConfigError (a bad
@@ -210,7 +238,8 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
                         num_samples=num, cpus_per_trial=cpus_per_trial,
                         gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
                         use_wandb=use_wandb, wandb_project=wandb_project, address=address,
-                        seed=seed, max_failures=max_failures, overrides=override_texts)
+                        seed=seed, max_failures=max_failures, overrides=override_texts,
+                        fresh_process=bool(fresh_process))
     if not resume and _experiment_exists(opts.experiment_path):
         raise SweepError(f"--name {opts.name}: {opts.experiment_path} already holds an experiment; "
                          f"--resume --name {opts.name} continues it, another --name starts a new one")
@@ -244,7 +273,7 @@ def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str 
           wandb_project: str = "inat-tune", address: str | None = None, seed: int = 0,
           max_failures: int = 2, overrides: Mapping[str, Any] | Iterable[str] = (),
           val_fraction: float | None = None, split_seed: int | None = None,
-          resume: bool = False) -> Experiment | str:
+          resume: bool = False, fresh_process: bool = False) -> Experiment | str:
     """Run (or, with ``resume``, continue) a Ray Tune sweep; returns the finished experiment.
 
     ``space``: a W&B sweep file or the same as a mapping (plus ``model:``); ``data``: the
@@ -253,7 +282,9 @@ def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str 
     ``num_samples`` to the space's run_cap, else 20. ``address`` joins a running Ray cluster.
     Resuming needs ``name``, and keeps the settings saved in the experiment's sweep.json.
     ``val_fraction`` / ``split_seed`` set the sweep's one validation split (else the space's
-    top-level keys, else RunConfig's defaults).
+    top-level keys, else RunConfig's defaults). Trial processes are reused from trial to
+    trial (warm: no start-up, data already loaded); ``fresh_process`` starts a new one for
+    every trial instead.
 
     Returns ``inat_tune.experiment.load_experiment`` of ``<storage>/<name>``, or that path as
     a string when ``storage`` is remote (s3://, gs://). Raises SweepError, SpaceError,
@@ -264,7 +295,8 @@ def sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name: str 
                             max_concurrent=max_concurrent, use_wandb=use_wandb,
                             wandb_project=wandb_project, address=address, seed=seed,
                             max_failures=max_failures, overrides=overrides,
-                            val_fraction=val_fraction, split_seed=split_seed, resume=resume)
+                            val_fraction=val_fraction, split_seed=split_seed, resume=resume,
+                            fresh_process=fresh_process)
     run_sweep(opts, spec, resume=resume)
     if "://" in opts.experiment_path:
         return opts.experiment_path
@@ -277,10 +309,10 @@ def preview(space: str | Path | Mapping[str, Any], data: str | Path, **kwargs: A
     sweep would do: the resolved parameters, the searcher, ASHA's rungs and the epoch budget.
     Starts nothing and writes nothing. Keyword arguments are ``sweep``'s."""
     opts, spec = plan_sweep(space, data, **kwargs)
-    scan_dataset(opts.data_dir)
+    images = scan_dataset(opts.data_dir)
     if opts.address is None:
         check_gpus(opts.gpus_per_trial, _local_gpus())
-    return describe(opts, spec)
+    return describe(opts, spec) + "\n" + check_memory(opts, spec, images, dry_run=True)
 
 
 def _overrides(overrides: Mapping[str, Any] | Iterable[str] | str) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -359,6 +391,7 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
     check_storage(opts.storage)
     if opts.address is None:
         check_gpus(opts.gpus_per_trial, _local_gpus())
+    check_memory(opts, space, images)  # before ray.init: the trials inherit the context it measured
 
     # Decode once, before the trials: every trial on this node then maps the same cache. A
     # continuous image-size range is cached by the trials themselves (under the same lock).
@@ -424,7 +457,9 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
                 search_alg=searcher,
                 scheduler=make_scheduler(space, max_epochs(space)),
                 num_samples=opts.num_samples,  # metric/mode live in the searcher and scheduler
-                reuse_actors=False,  # a fresh process per trial: its GPU memory is freed at exit
+                # Warm trials: a trial process is reused for the next trial (no start-up, data
+                # already loaded); run_trial resets it so it gives what a fresh one would.
+                reuse_actors=not opts.fresh_process,
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=run_config,
