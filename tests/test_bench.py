@@ -350,6 +350,7 @@ def test_bench_without_ray_measures_every_other_section(tiny, bench_tmp, tmp_pat
                                                          capsys):
     """run_bench --quick end to end, Ray's section stubbed (the slow test below runs it)."""
     monkeypatch.setattr("inat_tune.bench.throughput.bench_ray", lambda storage: {"skipped": "stubbed"})
+    monkeypatch.setattr("inat_tune.bench.throughput.bench_trials", lambda *a, **k: {"skipped": "stubbed"})
     path = tmp_path / "out" / "bench.json"
     assert run_bench(BenchOptions(data=str(tiny), image_size=32, json_path=str(path),
                                   quick=True)) == 0
@@ -378,7 +379,8 @@ def test_bench_without_ray_measures_every_other_section(tiny, bench_tmp, tmp_pat
     assert ft["with_cache_later_trial"]["features_loaded"] is True  # as a later trial loads them
     assert finite_positive(ft["epoch_speedup"])
     assert res["ray"] == {"skipped": "stubbed"}
-    assert list(res["section_seconds"]) == ["naive", "cached", "train", "finetune", "ray"]
+    assert res["trials"] == {"skipped": "stubbed"}
+    assert list(res["section_seconds"]) == ["naive", "cached", "train", "finetune", "ray", "trials"]
     assert {t["met"] for t in res["targets"].values()} <= {True, False} and len(res["targets"]) == 2
     assert not list(bench_tmp.glob("run-*"))  # the scratch folder is removed
     # what was printed is the table of what was written
@@ -396,6 +398,40 @@ def test_ray_section_measures_start_up_and_the_first_report(tmp_path):
     assert finite_positive(r["ray_init_s"])  # started here: no Ray was running
     assert r["launch_s"] >= 0 and r["trial_start_to_first_report_s"] >= 0
     assert 0 <= r["in_trial_epoch_s"] <= r["tuner_fit_total_s"]
+
+
+def test_trial_start_times_split_first_trials_of_a_process_from_later_ones():
+    from inat_tune.bench.ray_overhead import trial_start_times
+
+    rows = [{"created": 0.0, "first_result": 9.0, "worker_trial": 1, "epoch_s": 0.5},
+            {"created": 1.0, "first_result": 12.0, "worker_trial": 1, "epoch_s": 0.5},
+            {"created": 10.0, "first_result": 10.8, "worker_trial": 2, "epoch_s": 0.5},
+            {"created": 11.0, "first_result": 11.6, "worker_trial": 3, "epoch_s": 0.4},
+            {"created": 20.0, "first_result": 21.0, "worker_trial": 2, "epoch_s": 0.5}]
+    t = trial_start_times(rows)
+    assert (t["n_trials"], t["cold_trials"], t["warm_trials"]) == (5, 2, 3)
+    assert t["cold_start_s"] == pytest.approx(10.0) and t["warm_start_s"] == pytest.approx(0.8)
+    assert t["cold_overhead_s"] == pytest.approx(9.5) and t["warm_overhead_s"] == pytest.approx(0.3)
+    assert trial_start_times(rows[:2])["warm_start_s"] is None
+
+
+@pytest.mark.slow
+def test_trials_section_times_cold_and_warm_starts_in_a_real_sweep(tmp_path, synth_data):
+    """A real sweep of 4 one-epoch trials on 1 CPU each: the first trial of each worker
+    process is cold, the others ran in a reused process; the table prints both."""
+    pytest.importorskip("ray")
+    from inat_tune.bench.ray_overhead import bench_trials
+
+    r = bench_trials(tmp_path / "trials", synth_data, n_trials=4)
+    assert "error" not in r and "skipped" not in r, r
+    assert r["n_trials"] == 4 and r["cold_trials"] >= 1 and r["warm_trials"] >= 1
+    assert r["cold_trials"] + r["warm_trials"] == 4
+    assert all(row["first_result"] > row["created"] for row in r["rows"])
+    assert finite_positive(r["warm_start_s"]) and finite_positive(r["cold_start_s"])
+    from inat_tune.bench.environment import machine_info
+    table = format_table({"command": "c", "date": "d", "machine": machine_info(), "settings": {},
+                          "trials": r})
+    assert "cold / warm (median)" in table
 
 
 def fake_run_sweep(opts, space) -> None:

@@ -94,6 +94,7 @@ class BenchSettings:
     train_steps: tuple[int, int] = (5, 200)  # least and most timed steps
     finetune_images: int | None = None  # cap on train images for the ResNet50 epochs
     search_trials: int = 12
+    trial_count: int = 12  # short trials of the trial-start sweep (section trials)
     search_epochs: int = 6
     search_image_size: int = 32
     search_per_class: int = 160  # 1280 training images: 20 steps per epoch at batch 64
@@ -111,4 +112,4 @@ class BenchSettings:
         """A smoke-test sized run (< 60 s on a 2-core CPU)."""
         return replace(self, quick=True, batch_size=16, photos_per_class=6, naive_max_batches=4,
                        repeats=1, loader_seconds=0.3, train_seconds=0.5, train_steps=(3, 20),
-                       finetune_images=32, search_trials=4, search_epochs=2, search_per_class=16)
+                       finetune_images=32, search_trials=4, trial_count=3, search_epochs=2, search_per_class=16)

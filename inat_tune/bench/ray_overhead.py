@@ -1,5 +1,7 @@
 """Section 5: Ray's own cost: ray.init seconds, and a 1-trial Ray Tune run from trial start
-to the first reported epoch. Ray is imported only here (the other sections run without it)."""
+to the first reported epoch; section 6 (``trials``): cold and warm trial start in a real sweep
+of short trials (:func:`bench_trials`). Ray is imported only here (the other sections run
+without it)."""
 
 from __future__ import annotations
 
@@ -71,3 +73,77 @@ def bench_ray(storage: Path) -> dict[str, Any]:
                 "trial_start_to_first_report_s: until the driver receives its first epoch "
                 "(a tiny epoch plus tune.report with a checkpoint)",
     }
+
+
+def trial_start_times(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cold and warm start from per-trial rows ``{created, first_result, worker_trial,
+    epoch_s}`` (driver clock; worker_trial 1 = the first trial of its worker process).
+
+    ``cold_start_s`` / ``warm_start_s``: median seconds from a trial's creation (the driver
+    first sees it) to its first reported epoch at the driver, for first trials of a process and
+    for later ones; ``*_overhead_s`` the same less the epoch's own compute time."""
+    def med(xs: list[float]) -> float | None:
+        return float(np.median(xs)) if xs else None
+
+    cold = [r for r in rows if r["worker_trial"] == 1]
+    warm = [r for r in rows if r["worker_trial"] > 1]
+    start = lambda r: r["first_result"] - r["created"]  # noqa: E731
+    return {
+        "n_trials": len(rows), "cold_trials": len(cold), "warm_trials": len(warm),
+        "cold_start_s": med([start(r) for r in cold]), "warm_start_s": med([start(r) for r in warm]),
+        "cold_overhead_s": med([start(r) - r["epoch_s"] for r in cold]),
+        "warm_overhead_s": med([start(r) - r["epoch_s"] for r in warm]),
+    }
+
+
+def bench_trials(storage: Path, data: Path, *, n_trials: int = 12, image_size: int = 32,
+                 fresh_process: bool = False) -> dict[str, Any]:
+    """A real sweep (``run_sweep``, no W&B) of ``n_trials`` one-epoch trials of a small scratch
+    CNN, 1 CPU each: :func:`trial_start_times` of its trials, its wall time and the per-trial
+    rows. ``fresh_process``: a new worker process per trial, as before warm trials."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError as e:
+        return {"skipped": f"ray is not importable ({e})"}
+    from ..tune.runner import SweepOptions, run_sweep
+    from ..tune.space import load_space
+
+    marks: dict[str, dict[str, Any]] = {}
+
+    class StartTimes(tune.Callback):
+        def on_step_begin(self, iteration, trials, **info):
+            now = time.time()
+            for t in trials:
+                marks.setdefault(t.trial_id, {"created": now})
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            m = marks.setdefault(trial.trial_id, {"created": time.time()})
+            if "first_result" not in m:
+                m.update(first_result=time.time(), worker_trial=int(result.get("worker_trial", 1)),
+                         epoch_s=float(result.get("time_this_iter_s", 0.0)))
+
+    space = load_space({
+        "model": "scratch_cnn", "method": "random", "metric": {"name": "val_acc", "goal": "maximize"},
+        "parameters": {"image_size": {"value": image_size}, "filters": {"value": 8},
+                       "dense": {"value": 16}, "batch_size": {"value": 64}, "epochs": {"value": 1},
+                       "augment": {"value": False},
+                       "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}}})
+    name = f"trials-{'fresh' if fresh_process else 'warm'}-{int(time.time())}"
+    opts = SweepOptions(space_path="<bench:trials>", data_dir=str(data), name=name,
+                        storage=str(storage), num_samples=n_trials, cpus_per_trial=1.0,
+                        use_wandb=False, fresh_process=fresh_process)
+    t0 = time.perf_counter()
+    try:
+        run_sweep(opts, space, callbacks=[StartTimes()])
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    wall = time.perf_counter() - t0
+    rows = [m for m in marks.values() if "first_result" in m]
+    if not rows:
+        return {"error": "no trial reported an epoch"}
+    return {**trial_start_times(rows), "fresh_process": fresh_process, "sweep_wall_s": wall,
+            "image_size": image_size, "rows": rows,
+            "note": "created: the driver first sees the trial; cold: the first trial of a worker "
+                    "process; overhead: less the epoch's own compute"}

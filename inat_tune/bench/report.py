@@ -103,6 +103,17 @@ def format_table(res: dict[str, Any]) -> str:
             add("ray", "ray.init", _f(ray["ray_init_s"], " s"))
             add("ray", "Tuner.fit -> trial running", _f(ray["launch_s"], " s"))
             add("ray", "trial start -> first epoch at driver", _f(ray["trial_start_to_first_report_s"], " s"))
+    tr = res.get("trials")
+    if tr is not None:
+        if "skipped" in tr or "error" in tr:
+            add("trials", "skipped", tr.get("skipped") or tr.get("error"))
+        else:
+            for label, t in (("warm (reused processes)", tr), ("--fresh-process", tr.get("fresh_process"))):
+                if isinstance(t, dict) and "cold_start_s" in t:
+                    add("trials", f"{label}: created -> first epoch, cold / warm (median)",
+                        f"{_f(t['cold_start_s'], ' s')} / {_f(t['warm_start_s'], ' s')} "
+                        f"({t['cold_trials']} cold, {t['warm_trials']} warm; sweep of {t['n_trials']} "
+                        f"trials {_f(t['sweep_wall_s'], ' s')})")
     sr = res.get("search")
     if sr is not None:
         if "skipped" in sr:

@@ -380,8 +380,10 @@ def _write_experiment_files(opts: SweepOptions, space: SweepSpec, manifest_src: 
             (Path(path) / name).write_text(text)
 
 
-def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
-    """Run (or resume) the sweep; returns Ray's ResultGrid."""
+def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False,
+              callbacks: Iterable[Any] = ()):
+    """Run (or resume) the sweep; returns Ray's ResultGrid. ``callbacks``: more Ray Tune
+    callbacks, after the sweep's own (progress, W&B)."""
     import ray
     from ray import tune
 
@@ -406,7 +408,7 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False):
 
     # One checkpoint per epoch makes Ray snapshot often on tiny runs; the warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    callbacks = _callbacks(opts, space)  # before ray.init: sets WANDB_MODE for the workers
+    callbacks = _callbacks(opts, space) + list(callbacks)  # before ray.init: sets WANDB_MODE
     if not ray.is_initialized():
         # Joining a cluster (address) takes the cluster's resources; locally Ray uses this machine.
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
