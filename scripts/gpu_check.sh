@@ -91,7 +91,12 @@ else  # rehearsal: Ray blocked (its section then says skipped, as on a GPU box w
   step bench "$BENCH_TIMEOUT" "$PY" -c 'import sys; sys.modules["ray"] = None
 from inat_tune.cli import main; sys.exit(main(sys.argv[1:]))' bench "${BENCH_ARGS[@]}" --json "$OUT/bench.json"
 fi
-skip bench_concurrent "inat-tune bench has no --concurrent yet (the fast-sweeps issue adds it)"
+# 3b. Sharing one device: 4 trainings of the CNN at 64 px, batch 64, at once vs one alone (no Ray).
+if [ "$MODE" = "cuda" ]; then
+  step bench_concurrent 150 "$PY" -m inat_tune.cli bench --concurrent 4 --image-size 64 --json "$OUT/concurrent.json"
+else
+  step bench_concurrent 150 "$PY" -m inat_tune.cli bench --concurrent 2 --image-size 32 --quick --json "$OUT/concurrent.json"
+fi
 
 # 4. One JSON and a short table.
 "$PY" - "$OUT" "$MODE" "$(( $(date +%s) - T_START ))" <<'PY'
@@ -123,6 +128,11 @@ if bench:
     c = bench.get("cached", {})
     if c:
         lines.append(f"  cached loader {c.get('images_per_s', 0):,.0f} img/s, {c.get('speedup_over_naive') or 0:.1f}x naive")
+if (out / "concurrent.json").is_file():
+    cr = json.loads((out / "concurrent.json").read_text()).get("concurrent", {})
+    res["concurrent"] = cr
+    (out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
+    lines.append(f"  concurrent: {json.dumps({k: v for k, v in cr.items() if not isinstance(v, (list, dict))})[:400]}")
 lines.append(f"  wrote {out / 'gpu_check.json'}")
 text = "\n".join(lines)
 (out / "gpu_check.txt").write_text(text + "\n")
