@@ -61,7 +61,8 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -681,7 +682,7 @@ def memory_line(cfg: RunConfig, est: MemoryEstimate, gpus_per_trial: float = 0.0
                  f"({gpus_per_trial:g} x {device_total_bytes / GB:.1f} GB - {context_bytes / GB:.2f} GB "
                  "CUDA context)")
     elif gpus_per_trial:
-        line += "; GPU memory unknown here (no local GPU): not checked"
+        line += "; the GPUs' memory is not known here: not checked"
     else:
         line += "; trials run on the CPU (host memory; the images are shared memory maps)"
     return line
@@ -749,9 +750,11 @@ def measure_device(python: str | None = None, timeout: float = 120.0) -> dict[st
             "ctx = cuda_context_bytes(d)\n"
             "print(json.dumps({'total': torch.cuda.get_device_properties(0).total_memory, 'context': ctx,"
             " 'auto': choose_precision('auto', d), 'name': torch.cuda.get_device_name(0)}))\n")
+    here = str(Path(__file__).resolve().parents[2])  # this checkout, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     try:
         r = subprocess.run([python or sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=timeout)
+                           timeout=timeout, env=env)
         return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None

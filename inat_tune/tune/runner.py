@@ -177,7 +177,9 @@ def check_memory(opts: SweepOptions, space: SweepSpec, images: Any, *, dry_run: 
     device = None
     if opts.gpus_per_trial > 0 and opts.address is None and _local_gpus():
         device = measure_device()
-        if device is not None and not dry_run:
+        if device is None:
+            log.warning("memory pre-flight skipped: the GPU could not be measured in a fresh process")
+        elif not dry_run:
             os.environ.setdefault(CONTEXT_ENV, str(int(device["context"])))
     if device is None and not dry_run:
         return ""  # nothing to check against
