@@ -241,12 +241,13 @@ def _dry_run(tmp_path, capsys, space: dict, *args: str) -> tuple[int, str]:
 
 def test_dry_run_prints_the_estimate_of_the_largest_config(synth_data, tmp_path, capsys):
     space = _space(image_size=32, filters={"values": [8, 16]}, batch_size={"values": [8, 32]}, epochs=2)
+    context_env = os.environ.get(memory.CONTEXT_ENV)
     rc, out = _dry_run(tmp_path, capsys, space, "--data", str(synth_data))
     assert rc == 0, out
     line = next(ln for ln in out.splitlines() if ln.startswith("peak memory per trial ~"))
     assert "largest config: scratch_cnn filters [16, 32, 64, 128, 256]" in line and "batch 32" in line
     assert "fp32" in line and "trials run on the CPU" in line
-    assert not (tmp_path / "exps").exists() and memory.CONTEXT_ENV not in os.environ
+    assert not (tmp_path / "exps").exists() and os.environ.get(memory.CONTEXT_ENV) == context_env
 
 
 def test_sweep_refuses_a_trial_that_cannot_fit_its_gpu_share(synth_data, tmp_path, capsys, monkeypatch):
