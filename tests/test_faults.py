@@ -504,7 +504,10 @@ def test_two_sweeps_share_storage_and_decode_cache_without_touching_each_other(d
         assert f'"name": "{name}"' in (exp / "sweep.json").read_text()
     assert not ids["alpha"] & ids["beta"]
     # one decode cache for both sweeps and all their trials, built once, by one of the drivers
-    built = [p for p in cache.iterdir() if p.is_dir()]
+    built = [p for p in cache.iterdir() if p.is_dir() and ".rows-" not in p.name]
     assert len(built) == 1, sorted(p.name for p in cache.iterdir())  # no second copy, no *.build-*
+    # and one read-only copy of each split's rows (train, validation), shared the same way
+    rows = [p for p in cache.iterdir() if p.is_dir() and ".rows-" in p.name]
+    assert len(rows) == 2 and all((p / "meta.json").is_file() for p in rows), sorted(p.name for p in rows)
     meta = json.loads((built[0] / "meta.json").read_text())
     assert meta["built_by"] in {p.pid for p in procs.values()}

@@ -193,3 +193,23 @@ def test_thirty_trials_in_reused_processes_leave_nothing_behind(synth_data, tmp_
         # one model of this size is ~0.5 MB; a trial's data and model staying behind would add
         # up over 10+ trials. 40 MB allows glibc's arenas and Ray's own buffers.
         assert grown < 40, f"worker {pid} grew {grown:.1f} MB over {len(later)} reused trials"
+
+
+def test_on_a_gpu_a_miss_drops_the_older_entry_of_its_category(monkeypatch):
+    """A process's GPU memory estimate counts the current trial's data and features only, so on
+    CUDA the warm cache keeps one of each (no device needed: the kind is just a label here)."""
+    monkeypatch.setenv("INAT_TUNE_WARM_MB", "100")
+    cache = WarmCache()
+    cache.get(("device", "a"), lambda: "A", nbytes=lambda v: 10, device="cuda")
+    cache.get(("features", "a"), lambda: "FA", nbytes=lambda v: 10, device="cuda")
+    cache.get(("device", "a"), lambda: "A2", nbytes=lambda v: 10, device="cuda:0")  # a hit
+    assert cache.held_bytes("cuda") == 20 and cache.hits == 1
+    cache.get(("device", "b"), lambda: "B", nbytes=lambda v: 10, device="cuda")
+    assert cache.held_bytes("cuda") == 20  # device a went, features a stay
+    loads = []
+    cache.get(("features", "a"), lambda: loads.append(1), nbytes=lambda v: 10, device="cuda")
+    cache.get(("device", "a"), lambda: loads.append(2) or "A", nbytes=lambda v: 10, device="cuda")
+    assert loads == [2]
+    cache.get(("device", "x"), lambda: "X", nbytes=lambda v: 10, device="cpu")
+    cache.get(("device", "y"), lambda: "Y", nbytes=lambda v: 10, device="cpu")
+    assert cache.held_bytes("cpu") == 20  # the CPU keeps several (LRU within its budget)

@@ -9,7 +9,8 @@ device would pass the budget.
 
 The budget counts bytes that belong to this process: device copies and features. Views of
 the memory-mapped cache cost nothing here (the page cache holds them once per node) and are
-counted as 0. ``INAT_TUNE_WARM_MB`` sets the budget; the default is a quarter of what the
+counted as 0. On a GPU a process keeps one entry per category (the current data, the current
+features): what its memory estimate counts. ``INAT_TUNE_WARM_MB`` sets the budget; the default is a quarter of what the
 process may use on that device (its share of the GPU; on the CPU, the machine's RAM divided
 by its cores, as a node may run a trial per core);
 ``0`` turns warm data off.
@@ -52,9 +53,16 @@ class WarmCache:
                 self._items.move_to_end(key)
                 self.hits += 1
                 return entry.value
+        kind = device.split(":")[0]
+        if kind == "cuda":
+            # A trial's GPU memory estimate (inat_tune.tune.memory) counts its own data and
+            # features only: a miss drops what earlier trials left of the same category
+            # ("device" arrays, "features") before loading, so no older copy is still held.
+            with self._lock:
+                for k in [k for k, e in self._items.items() if e.device == kind and _category(k) == _category(key)]:
+                    del self._items[k]
         value = load()
         size = int(nbytes(value))
-        kind = device.split(":")[0]
         budget = budget_bytes(kind)
         with self._lock:
             self.misses += 1
@@ -84,6 +92,10 @@ class WarmCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+def _category(key: Hashable) -> Hashable:
+    return key[0] if isinstance(key, tuple) and key else key
 
 
 def budget_bytes(kind: str) -> int:
