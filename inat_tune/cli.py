@@ -264,7 +264,7 @@ _USER_ERRORS = {
     "inat_tune.data.scan": "DatasetError", "inat_tune.data.download": "DownloadError",
     "inat_tune.tune.space": "SpaceError", "inat_tune.tune.runner": "SweepError",
     "inat_tune.experiment": "ExperimentError", "inat_tune.models.weights": "WeightsError",
-    "inat_tune.bench.replay": "ReplayError",
+    "inat_tune.bench.replay": "ReplayError", "inat_tune.train": "CheckpointError",
 }
 
 

@@ -405,9 +405,9 @@ def _checkpoint_index(name: str) -> int:
 
 def _saved(ckpt: Path, metric: str) -> tuple[int | None, float | None]:
     """(epoch, metric at that epoch) as the checkpoint file itself records them."""
-    import torch  # only here: reading the experiment's JSON needs no torch
+    from .train import load_checkpoint  # only here: reading the experiment's JSON needs no torch
 
-    payload = torch.load(ckpt, map_location="cpu", weights_only=False)
+    payload = load_checkpoint(ckpt, map_location="cpu")  # weights_only: a checkpoint runs no code
     epoch = payload.get("epoch")
     value = None
     for h in payload.get("history", []):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,13 +253,28 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A file that cannot be read as an inat-tune checkpoint; the message names the file."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain data only
+    (the config is a dict, the classes a list), so a file from a shared bucket cannot run code.
+    A file that needs more (an older pickle, or no checkpoint at all) raises CheckpointError."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # Never suggest torch's weights_only=False: that would run the code pickled in the file.
+        raise CheckpointError(f"checkpoint {path} was not loaded: it was written by an older inat-tune "
+                              "or is not an inat-tune checkpoint, and loading it would need to run "
+                              "code pickled inside it") from None
+    except EOFError:
+        raise CheckpointError(f"checkpoint {path} is truncated (empty or cut short)") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig, dict]:

@@ -230,3 +230,46 @@ def test_deterministic_key_sets_and_restores_torch_flags(data):
         assert not torch.backends.cudnn.deterministic
     finally:
         train_mod.set_deterministic(False)
+
+
+class _RunsCode:
+    """Unpickling this runs code (it writes ``marker``): what a checkpoint from a shared
+    bucket could carry if checkpoints were read with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_checkpoints_load_with_weights_only_and_pickled_code_is_refused(data, synth_data, tmp_path, capsys):
+    from inat_tune.train import CheckpointError, load_checkpoint
+
+    cfg = RunConfig.from_dict({**SMALL, "epochs": 1})
+    run = tmp_path / "run"
+    fit(cfg, data, out_dir=run, log=None)
+    for name in ("checkpoint.pt", "best.pt"):  # plain data: the config a dict, the classes a list
+        ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
+        assert ckpt["config"] == cfg.to_dict() and ckpt["classes"] == list(data.classes)
+    assert load_model(run / "best.pt")[1] == cfg
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save({**ckpt, "config": _RunsCode(marker)}, evil)
+    for read in (load_checkpoint, load_model, lambda p: fit(cfg, data, log=None, resume=p)):
+        with pytest.raises(CheckpointError, match="older inat-tune or is not an inat-tune checkpoint") as e:
+            read(evil)
+        assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+        assert not marker.exists()
+    # `train --resume` of a run whose checkpoint.pt is that file: refused in one line, exit 2
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    (run / "checkpoint.pt").write_bytes(evil.read_bytes())
+    capsys.readouterr()
+    assert main(["train", "--data", str(synth_data), "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the decode progress bar
+    assert err.startswith("inat-tune train: error: checkpoint") and "older inat-tune" in err, err
+    assert not marker.exists()
+    # the file is what the test says: read without weights_only, it runs the code
+    torch.load(evil, weights_only=False)
+    assert marker.read_text() == "ran"

@@ -58,7 +58,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # Ray restarted this trial (failure, node loss, --resume)
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / CHECKPOINT_NAME, map_location=device, weights_only=False)
+            resume = torch.load(Path(d) / CHECKPOINT_NAME, map_location=device, weights_only=True)
     node = {"node_ip": _node_ip(), "node_id": _node_id(), "hostname": socket.gethostname()}
 
     def report(metrics: dict[str, Any], state: TrainState) -> None:
