@@ -174,3 +174,34 @@ def test_the_table_covers_every_subcommand():
     assert commands >= {"count", "data", "train", "sweep", "evaluate", "explain", "report", "bench"}
     assert len(CASES) >= 40
     assert os.path.isfile(FIXTURE)
+
+
+def test_a_non_image_file_is_skipped_naming_its_path_and_what_it_is(tmp_path, caplog):
+    """A .jpg that is no image is skipped with its path and "not an image (PIL cannot identify
+    it)", never PIL's "cannot identify image file <_io.BytesIO object at 0x...>"."""
+    from inat_tune.data.cache import build_cache
+    from inat_tune.data.scan import decode_image
+    from inat_tune.data.synth import make_synthetic
+
+    with pytest.raises(ValueError, match=r"^not an image \(PIL cannot identify it\)$"):
+        decode_image(b"these bytes are no image\n" * 20, 32)
+    data = make_synthetic(tmp_path / "data", per_class=3, val_per_class=1, image_size=32)
+    cls = sorted(p.name for p in (data / "train").iterdir())[0]
+    junk = data / "train" / cls / "junk.jpg"
+    junk.write_bytes(b"these bytes are no image\n" * 20)
+    caplog.set_level("WARNING")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["data", "cache", "--data", str(data), "--image-size", "32"]) == 0
+    assert json.loads(out.getvalue())["skipped"] == 1
+    said = [r.getMessage() for r in caplog.records if "skipped 1 unreadable" in r.getMessage()]
+    assert len(said) == 1 and f"{junk} (not an image (PIL cannot identify it))" in said[0], said
+    assert "BytesIO" not in caplog.text
+    # a cache built before this wording holds PIL's text: it is read back as the same reason
+    images = sorted(f"train/{c.name}/{f.name}" for c in (data / "train").iterdir() for f in c.iterdir())
+    cache = build_cache(data, images, 32, progress=False)
+    meta = json.loads((cache.path / "meta.json").read_text())
+    meta["skipped"] = [[f, "cannot decode: cannot identify image file <_io.BytesIO object at 0x7f00>"]
+                       for f, _ in meta["skipped"]]
+    (cache.path / "meta.json").write_text(json.dumps(meta))
+    assert build_cache(data, images, 32, progress=False).skipped == \
+        ((f"train/{cls}/junk.jpg", "not an image (PIL cannot identify it)"),)

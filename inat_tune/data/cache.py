@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 from .atomic import build_folder_once
-from .scan import decode_image
+from .scan import NOT_AN_IMAGE, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,12 @@ def _decode_into(arr: np.ndarray, root: Path, files: Sequence[str], i: int, size
     return digest, ""
 
 
+def _reason(reason: str) -> str:
+    """A skipped file's reason; a cache built before decode_image said NOT_AN_IMAGE holds PIL's
+    "cannot identify image file <_io.BytesIO object at 0x...>" instead."""
+    return NOT_AN_IMAGE if reason.startswith("cannot decode: cannot identify image file") else reason
+
+
 def _load(path: Path) -> ImageCache:
     meta = json.loads((path / "meta.json").read_text())
     n, size = meta["n"], meta["image_size"]
@@ -83,7 +89,7 @@ def _load(path: Path) -> ImageCache:
         images=images,
         ok=np.array(meta["ok"], dtype=bool),
         digests=tuple(meta["digests"]),
-        skipped=tuple((f, r) for f, r in meta["skipped"]),
+        skipped=tuple((f, _reason(r)) for f, r in meta["skipped"]),
         image_size=size,
     )
 
@@ -134,7 +140,7 @@ def build_cache(root: str | Path, files: Sequence[str], image_size: int, *,
         return _load(final)
     cache = _load(final)
     if cache.skipped:
-        shown = "; ".join(f"{f} ({r})" for f, r in cache.skipped[:10])
+        shown = "; ".join(f"{root / f} ({r})" for f, r in cache.skipped[:10])
         more = f" and {len(cache.skipped) - 10} more" if len(cache.skipped) > 10 else ""
         log.warning("skipped %d unreadable image(s) of %d: %s%s", len(cache.skipped), len(files), shown, more)
     return cache

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 EXPECTED_LAYOUT = "ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg (same class folders)"
+NOT_AN_IMAGE = "not an image (PIL cannot identify it)"  # decode_image's reason for such a file
 
 
 class DatasetError(ValueError):
@@ -113,7 +114,9 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             img.draft("RGB", (max(size, int(w * scale + 0.5)), max(size, int(h * scale + 0.5))))
             img = ImageOps.exif_transpose(img)
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:  # PIL's own text names only an in-memory buffer
+        raise ValueError(NOT_AN_IMAGE) from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot decode: {e}") from None
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
