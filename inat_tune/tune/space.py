@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from inat_tune.config import MODELS, ConfigError, RunConfig
+from inat_tune.config import ALIASES, MODELS, ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,10 @@ def load_space(path_or_dict: str | Path | Mapping[str, Any]) -> SweepSpec:
 def override(spec: SweepSpec, fixed: Mapping[str, Any]) -> SweepSpec:
     """The spec with some hyperparameters fixed (``--set key=value``), validated again."""
     raw = spec_to_dict(spec)
+    known = [k for k in RunConfig.keys() if k != "model"]
     for key, value in fixed.items():
+        if key != "model" and key not in known:
+            raise SpaceError(_unknown_msg(key, known, "config key", where=f"--set {key}"))
         if key == "model":
             raw["model"] = value
         else:
@@ -348,7 +351,9 @@ def _read(path_or_dict: str | Path | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _unknown_msg(key: Any, known: Any, what: str, where: str | None = None) -> str:
-    hint = difflib.get_close_matches(str(key), list(known), n=1)
+    # another tool's name for one of our keys (learning_rate -> lr), as RunConfig hints it
+    alias = ALIASES.get(str(key))
+    hint = [alias] if alias in known else difflib.get_close_matches(str(key), list(known), n=1)
     return (f"{where or key}: unknown {what} {key!r}"
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
             + f"; known: {', '.join(known)}")
