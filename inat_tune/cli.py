@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -60,15 +61,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_sweep_parser(sub, fmt)
 
     ev = sub.add_parser("evaluate", help="best trial on the test set", formatter_class=fmt)
-    ev.add_argument("experiment", help="experiment folder")
-    ev.add_argument("--data", default=None, help="dataset folder (default: the sweep's)")
-    ev.add_argument("--no-wandb", action="store_true")
+    ev.add_argument("experiment", help="experiment folder, or a train run folder (train --out)")
+    ev.add_argument("--data", default=None, help="dataset folder (default: the sweep's or run's)")
+    _add_wandb_flags(ev)
     ex = sub.add_parser("explain", help="filters, feature maps and guided backprop", formatter_class=fmt)
-    ex.add_argument("experiment", help="experiment folder")
-    ex.add_argument("--data", default=None, help="dataset folder (default: the sweep's)")
+    ex.add_argument("experiment", help="experiment folder, or a train run folder (train --out)")
+    ex.add_argument("--data", default=None, help="dataset folder (default: the sweep's or run's)")
     rp = sub.add_parser("report", help="tables, figures, insights and report.md/html", formatter_class=fmt)
     rp.add_argument("experiments", nargs="+", help="experiment folder(s); several = comparison")
-    rp.add_argument("--no-wandb", action="store_true")
+    _add_wandb_flags(rp)
     rp.add_argument("--out", default=None,
                     help="report folder (default: the experiment's own; several: compare-<A>-vs-<B> beside the first)")
 
@@ -97,6 +98,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", default="results/demo", help="where the demo writes everything")
     de.add_argument("--num-samples", type=int, default=8)
     return p
+
+
+def _add_wandb_flags(p: argparse.ArgumentParser) -> None:
+    """--wandb / --no-wandb; neither: the experiment's own setting (its sweep.json's use_wandb,
+    i.e. whether the sweep ran with --no-wandb; a train run folder: off)."""
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--wandb", dest="use_wandb", action="store_true",
+                   help="log to W&B (default: as the sweep did)")
+    w.add_argument("--no-wandb", dest="use_wandb", action="store_false",
+                   help="do not log to W&B (default: as the sweep did)")
+    p.set_defaults(use_wandb=None)
 
 
 def _add_sweep_parser(sub, fmt) -> None:
@@ -188,6 +200,9 @@ def cmd_train(args) -> int:
                        overwrite=args.overwrite)
     b = result.best
     print(f"best val_acc {b['val_acc']:.4f} at epoch {b['epoch']}; checkpoint {out / 'best.pt'}")
+    quoted = shlex.quote(str(out))
+    print(f"next: inat-tune evaluate {quoted}   # best.pt once on the test set (val/)\n"
+          f"      inat-tune explain {quoted}    # filters, feature maps, guided backprop")
     return 0
 
 
@@ -218,7 +233,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_experiment
-    evaluate_experiment(args.experiment, data=args.data, use_wandb=not args.no_wandb)
+    evaluate_experiment(args.experiment, data=args.data, use_wandb=args.use_wandb)
     return 0
 
 
@@ -230,7 +245,7 @@ def cmd_explain(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_report
-    write_report(args.experiments, use_wandb=not args.no_wandb, out=args.out)
+    write_report(args.experiments, use_wandb=args.use_wandb, out=args.out)
     return 0
 
 

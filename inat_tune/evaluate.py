@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .experiment import BestTrial, Experiment, ExperimentError, best_trial, load_experiment
+from .experiment import BestTrial, Experiment, ExperimentError, best_trial, load_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,14 @@ def load_best(experiment: str | Path | Experiment, data: str | Path | None = Non
               progress: bool = False) -> BestModel:
     """Best trial -> its model (from the checkpoint) and the test split of ``data``.
 
-    ``data`` defaults to the sweep's data_dir. The test folder's classes must be the model's
+    ``experiment``: an experiment folder, or a ``train`` run folder (its best.pt).
+    ``data`` defaults to the sweep's (or the run's) data_dir. The test folder's classes must be the model's
     (DatasetError otherwise).
     """
     from .data.pipeline import load_test_data
     from .train import load_model, select_device
 
-    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    exp = experiment if isinstance(experiment, Experiment) else load_model_folder(experiment)
     best = best_trial(exp)
     root = data or exp.data_dir
     if not root:
@@ -261,14 +262,16 @@ def _draw_prediction(ax_img, ax_bar, image: np.ndarray, true: int, p: np.ndarray
 
 # ---------------------------------------------------------------------------------------------
 
-def evaluate_experiment(path: str | Path, data: str | Path | None = None, use_wandb: bool = True, *,
+def evaluate_experiment(path: str | Path, data: str | Path | None = None, use_wandb: bool | None = None, *,
                         device: str | None = None, seed: int = 0, cache_dir: str | Path | None = None
                         ) -> dict[str, Any]:
     """Evaluate the best trial of experiment ``path`` once on the test set; returns test_metrics.
 
     Writes test_metrics.json, predictions.csv, confusion_matrix.csv/.png and
     prediction_grid.png into the experiment folder (``result["files"]`` lists them), prints
-    a short summary, and mirrors it to W&B when ``use_wandb`` (W&B failures only warn).
+    a short summary, and mirrors it to W&B when ``use_wandb`` (W&B failures only warn); None:
+    as the experiment did (its sweep.json's ``use_wandb``: off after ``sweep --no-wandb``, and
+    off for a train run folder).
     """
     bm = load_best(path, data, device=device, cache_dir=cache_dir, progress=True)
     exp, best = bm.experiment, bm.best
@@ -306,7 +309,7 @@ def evaluate_experiment(path: str | Path, data: str | Path | None = None, use_wa
     }
     files["metrics"].write_text(json.dumps(result, indent=1))
     _print_summary(result)
-    if use_wandb:
+    if use_wandb if use_wandb is not None else bool(exp.sweep.get("use_wandb", True)):
         mirror_to_wandb(exp, result, files, predictions=(bm.test.files, y, probs))
     return result
 

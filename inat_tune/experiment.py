@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"  # written by tune.runner, which imports SWEEP_FILE and SPACE_FILE from here
 SPACE_FILE = "space.yaml"
 CHECKPOINT_NAME = "checkpoint.pt"  # inat_tune.train.CHECKPOINT_NAME
+RUN_CONFIG = "config.yaml"  # what `inat-tune train --out DIR` writes (inat_tune.run.RUN_FILES) ...
+RUN_METRICS, RUN_BEST = "metrics.csv", "best.pt"  # ... with these, when the run has finished
 TRIAL_FILES = ("params.json", "result.json", "error.txt")  # a folder with one of them is a trial
 _GOALS = {"maximize": "max", "minimize": "min", "max": "max", "min": "min"}
 FINISHED, ERRORED, UNFINISHED = "finished", "errored", "unfinished"
@@ -157,6 +159,64 @@ def load_experiment(path: str | Path, *, strict: bool = True) -> Experiment:
         metric, mode = "val_acc", "max"
     return Experiment(path=path, name=sweep.get("name", path.name), sweep=sweep, space=space,
                       metric=metric, mode=mode, trials=tuple(trials), spec=spec)
+
+
+def load_model_folder(path: str | Path) -> Experiment:
+    """What ``evaluate`` and ``explain`` take: an experiment folder (:func:`load_experiment`),
+    or the folder of one ``inat-tune train`` run (:func:`load_run`)."""
+    p = Path(path).expanduser()
+    if "://" not in str(path) and p.is_dir() and not (p / SWEEP_FILE).is_file():
+        if (p / RUN_CONFIG).is_file():
+            return load_run(p)
+        inner = sorted(q.name for q in p.iterdir() if (q / SWEEP_FILE).is_file())
+        hint = f" (experiments inside it: {', '.join(inner)})" if inner else ""
+        raise ExperimentError(f"{p.resolve()} is not an inat-tune experiment folder (no {SWEEP_FILE}) "
+                              f"nor a training run folder (no {RUN_CONFIG}, as `inat-tune train --out "
+                              f"DIR` writes){hint}")
+    return load_experiment(path)
+
+
+def load_run(path: str | Path) -> Experiment:
+    """The folder of one finished ``inat-tune train`` run as an experiment of one finished trial
+    (its id ``run``) whose checkpoint is ``best.pt``: its metric val_acc (maximised), its
+    results ``metrics.csv``, its ``data_dir`` the dataset config.yaml names, W&B off."""
+    path = Path(path).expanduser().resolve()
+    try:
+        raw = yaml.safe_load((path / RUN_CONFIG).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ExperimentError(f"{path / RUN_CONFIG} cannot be read: {type(e).__name__}") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path / RUN_CONFIG}: expected a mapping of key: value")
+    config = {k: v for k, v in raw.items() if k != "data"}
+    rows = _read_metrics(path / RUN_METRICS)
+    if not rows or not (path / RUN_BEST).is_file():
+        raise ExperimentError(f"{path}: the training run has not finished (no {RUN_METRICS} or "
+                              f"{RUN_BEST}); continue it with `inat-tune train --data DIR --out {path} --resume`")
+    epochs = int(config["epochs"]) if _finite(config.get("epochs")) else RunConfig.epochs
+    trial = Trial(trial_id="run", path=path, config=config, results=tuple(rows), status=FINISHED,
+                  epochs=epochs, checkpoints=(path / RUN_BEST,), created=_created(path, rows))
+    return Experiment(path=path, name=path.name,
+                      sweep={"name": path.name, "data_dir": raw.get("data"), "use_wandb": False, "run": True},
+                      space={"metric": {"name": "val_acc", "goal": "maximize"}}, metric="val_acc",
+                      mode="max", trials=(trial,))
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """A run's metrics.csv (one row per epoch), numbers as numbers; [] when missing."""
+    import csv
+
+    def cell(v: str) -> Any:
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return v
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 K = TypeVar("K")

@@ -438,7 +438,7 @@ def _log_wandb(e: _Exp, figs: dict[str, Path]) -> None:
         log.warning("W&B logging of the report failed (the report is written anyway): %s", exc)
 
 
-def write_report(experiments: Sequence[str | Path] | str | Path, use_wandb: bool = True,
+def write_report(experiments: Sequence[str | Path] | str | Path, use_wandb: bool | None = None,
                  top_k: int = TOP_K, out: str | Path | None = None) -> Path:
     """Analyse one or more experiment folders and write ``trials.csv``, ``history.csv``, the
     figures (``fig_*.png``), ``report.md`` and a self-contained ``report.html``. Returns the
@@ -452,6 +452,9 @@ def write_report(experiments: Sequence[str | Path] | str | Path, use_wandb: bool
     test accuracy when ``test_metrics.json`` exists, trainable parameters of the best trial,
     GPU-/CPU-seconds, epochs the best trial needed to reach 90 % of its best val accuracy) and
     the best learning curve of each; then one section per experiment.
+
+    ``use_wandb``: log each experiment's tables and figures to W&B; None: as each experiment
+    did (its sweep.json's ``use_wandb``: off after ``sweep --no-wandb``).
     """
     if isinstance(experiments, (str, Path)):
         experiments = [experiments]
@@ -490,7 +493,7 @@ def write_report(experiments: Sequence[str | Path] | str | Path, use_wandb: bool
         if several:
             doc.h(2, f"Experiment {e.label}")
         _experiment_section(doc, e, figs, level=3 if several else 2)
-        if use_wandb:
+        if use_wandb if use_wandb is not None else bool(e.sweep.get("use_wandb", True)):
             _log_wandb(e, figs)
 
     md = out / "report.md"

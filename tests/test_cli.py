@@ -144,3 +144,35 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert "split_seed 2" in out and "lr " in out
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no experiment folder
     assert main(["sweep", str(space), "--data", str(tmp_path / "none"), "--dry-run"]) == 2
+
+
+def test_train_then_evaluate_and_explain_its_run_folder(synth_data, tmp_path, capsys, monkeypatch):
+    import wandb
+
+    calls = []
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: calls.append(k))  # a train run logs no W&B
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_data), "--out", str(run), "--set", "image_size=32",
+                 "--set", "epochs=1", "--set", "filters=8", "--set", "dense=16", "--set", "augment=false"]) == 0
+    out = capsys.readouterr().out
+    assert f"next: inat-tune evaluate {run}" in out and f"inat-tune explain {run}" in out, out
+    assert main(["evaluate", str(run)]) == 0
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["checkpoint"] == str(run.resolve() / "best.pt") and metrics["checkpoint_epoch"] == 1
+    assert metrics["n_test"] == 80 and metrics["data_dir"] == str(synth_data.resolve())
+    for name in ("predictions.csv", "confusion_matrix.csv", "confusion_matrix.png", "prediction_grid.png"):
+        assert (run / name).is_file(), name
+    assert main(["explain", str(run)]) == 0
+    for name in ("filters.png", "feature_maps.png", "guided_backprop.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert calls == [] and not (run / "wandb").exists()
+    # a folder that is neither an experiment nor a run: exit 2, one line
+    neither = tmp_path / "neither"
+    neither.mkdir()
+    (neither / "notes.txt").write_text("mine")
+    for command in ("evaluate", "explain"):
+        capsys.readouterr()
+        assert main([command, str(neither)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"inat-tune {command}: error: {neither}" in err and "nor a training run folder" in err, err

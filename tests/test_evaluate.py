@@ -401,3 +401,67 @@ def test_a_tied_best_epoch_whose_checkpoint_was_kept_is_used_quietly(tmp_path, c
     best = best_trial(exp)
     assert (best.epoch, best.value, best.checkpoint.parent.name) == (4, 0.8, "checkpoint_000003")
     assert "not kept" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# W&B: evaluate and report do as the sweep did (sweep --no-wandb is remembered in sweep.json)
+
+def _one_trial_experiment(base: Path, data: Path, use_wandb: bool) -> Path:
+    """A sweep-like experiment folder of one trial whose checkpoint a real fit() wrote (1 epoch,
+    32 px): what evaluate reads, without starting Ray."""
+    from inat_tune.config import RunConfig
+    from inat_tune.data.pipeline import load_tuning_data
+    from inat_tune.train import fit
+
+    cfg = RunConfig.from_dict({"image_size": 32, "filters": 8, "dense": 16, "batch_size": 32,
+                               "augment": False, "epochs": 1})
+    exp = base / "exp"
+    trial = exp / "scratch_cnn_trainable_aaa"
+    result = fit(cfg, load_tuning_data(data, 32, 0.2, 0, progress=False), out_dir=trial / "checkpoint_000000",
+                 log=None)
+    _write_results(trial, [{**m, "trial_id": "aaa", "training_iteration": m["epoch"], "done": True,
+                            "checkpoint_dir_name": "checkpoint_000000", "config": cfg.to_dict()}
+                           for m in result.history])
+    (trial / "params.json").write_text(json.dumps(cfg.to_dict()))
+    (exp / "space.yaml").write_text(yaml.safe_dump({"model": "scratch_cnn", "method": "random",
+                                                    "metric": {"name": "val_acc", "goal": "maximize"},
+                                                    "parameters": {"lr": {"values": [1e-3, 3e-3]}}}))
+    (exp / "sweep.json").write_text(json.dumps({"name": "exp", "data_dir": str(data), "use_wandb": use_wandb}))
+    return exp
+
+
+def test_evaluate_and_report_follow_the_sweeps_wandb_setting(synth_data, tmp_path, monkeypatch):
+    import wandb
+
+    from inat_tune.cli import main
+    from inat_tune.report import write_report
+    from test_analysis import make_experiment
+
+    calls: list[str] = []
+
+    def init(*args, **kwargs):  # records the run that would be logged; no W&B here
+        calls.append(kwargs.get("job_type"))
+        raise RuntimeError("W&B stubbed out by the test")
+
+    monkeypatch.setattr(wandb, "init", init)
+    exp = _one_trial_experiment(tmp_path / "a", synth_data, use_wandb=False)  # as sweep --no-wandb
+    many = make_experiment(tmp_path / "b", "many", n=5, stopped=0)  # a sweep of 5 trials to report
+    for e in (exp, many):
+        sweep = json.loads((e / "sweep.json").read_text())
+        (e / "sweep.json").write_text(json.dumps({**sweep, "use_wandb": False}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["evaluate", str(exp)]) == 0 and main(["report", str(many)]) == 0
+        evaluate_experiment(exp)
+        write_report(many)
+        assert calls == [] and not list(tmp_path.rglob("wandb")), calls  # no W&B run anywhere
+        assert main(["evaluate", str(exp), "--wandb"]) == 0 and main(["report", str(many), "--wandb"]) == 0
+        assert calls == ["evaluate", "report"]
+        calls.clear()
+        for e in (exp, many):  # a sweep that mirrored to W&B: so do evaluate and report, unless told
+            sweep = json.loads((e / "sweep.json").read_text())
+            (e / "sweep.json").write_text(json.dumps({**sweep, "use_wandb": True}))
+        assert main(["evaluate", str(exp)]) == 0 and main(["report", str(many)]) == 0
+        assert calls == ["evaluate", "report"]
+        calls.clear()
+        assert main(["evaluate", str(exp), "--no-wandb"]) == 0 and main(["report", str(many), "--no-wandb"]) == 0
+        assert calls == []
