@@ -70,7 +70,8 @@ def load_best(experiment: str | Path | Experiment, data: str | Path | None = Non
     best = best_trial(exp)
     root = data or exp.data_dir
     if not root:
-        raise ExperimentError(f"{exp.path}/sweep.json names no data_dir; pass --data DIR")
+        named_in = "config.yaml names no dataset (data:)" if exp.sweep.get("run") else "sweep.json names no data_dir"
+        raise ExperimentError(f"{exp.path}/{named_in}; pass --data DIR")
     dev = select_device(device)
     model, cfg, ckpt = load_model(best.checkpoint, device=dev)
     classes = tuple(ckpt["classes"])

@@ -102,6 +102,7 @@ CASES = [
     ("sweep-resume-nameless", "sweep {space:good} --data {data} --storage {tmp}/exps --resume", "--name"),
     ("evaluate-missing", "evaluate {tmp}/nowhere", "nowhere"),
     ("evaluate-not-experiment", "evaluate {foreign}", "not an inat-tune experiment"),
+    ("evaluate-unfinished-run", "evaluate {run}", "has not finished (no metrics.csv or best.pt)"),
     ("explain-missing", "explain {tmp}/nowhere", "nowhere"),
     ("explain-not-experiment", "explain {foreign}", "not an inat-tune experiment"),
     ("report-missing", "report {tmp}/nowhere", "nowhere"),
