@@ -62,12 +62,12 @@ def test_sweep_command_passes_its_flags_to_the_library(monkeypatch, capsys):
                  "--max-concurrent", "3", "--resume", "--no-wandb", "--wandb-project", "w",
                  "--address", "auto", "--seed", "5", "--max-failures", "1",
                  "--set", "lr=0.1", "--set", "epochs=2", "--val-fraction", "0.3",
-                 "--split-seed", "7"]) == 0
+                 "--split-seed", "7", "--fresh-process"]) == 0
     expected = dict(
         name="n", storage="s3://b/p", num_samples=4, cpus_per_trial=2.0, gpus_per_trial=0.5,
         max_concurrent=3, use_wandb=False, wandb_project="w", address="auto", seed=5,
         max_failures=1, overrides=["lr=0.1", "epochs=2"], val_fraction=0.3, split_seed=7,
-        resume=True)
+        resume=True, fresh_process=True)
     assert calls == [(("s.yaml", "d"), expected)]
 
     previews = []
