@@ -403,11 +403,11 @@ def test_ray_section_measures_start_up_and_the_first_report(tmp_path):
 def test_trial_start_times_split_first_trials_of_a_process_from_later_ones():
     from inat_tune.bench.ray_overhead import trial_start_times
 
-    rows = [{"created": 0.0, "first_result": 9.0, "worker_trial": 1, "epoch_s": 0.5},
-            {"created": 1.0, "first_result": 12.0, "worker_trial": 1, "epoch_s": 0.5},
-            {"created": 10.0, "first_result": 10.8, "worker_trial": 2, "epoch_s": 0.5},
-            {"created": 11.0, "first_result": 11.6, "worker_trial": 3, "epoch_s": 0.4},
-            {"created": 20.0, "first_result": 21.0, "worker_trial": 2, "epoch_s": 0.5}]
+    rows = [{"ready": 0.0, "first_result": 9.0, "worker_trial": 1, "epoch_s": 0.5},
+            {"ready": 1.0, "first_result": 12.0, "worker_trial": 1, "epoch_s": 0.5},
+            {"ready": 10.0, "first_result": 10.8, "worker_trial": 2, "epoch_s": 0.5},
+            {"ready": 11.0, "first_result": 11.6, "worker_trial": 3, "epoch_s": 0.4},
+            {"ready": 20.0, "first_result": 21.0, "worker_trial": 2, "epoch_s": 0.5}]
     t = trial_start_times(rows)
     assert (t["n_trials"], t["cold_trials"], t["warm_trials"]) == (5, 2, 3)
     assert t["cold_start_s"] == pytest.approx(10.0) and t["warm_start_s"] == pytest.approx(0.8)
@@ -426,12 +426,12 @@ def test_trials_section_times_cold_and_warm_starts_in_a_real_sweep(tmp_path, syn
     assert "error" not in r and "skipped" not in r, r
     assert r["n_trials"] == 4 and r["cold_trials"] >= 1 and r["warm_trials"] >= 1
     assert r["cold_trials"] + r["warm_trials"] == 4
-    assert all(row["first_result"] > row["created"] for row in r["rows"])
+    assert all(row["first_result"] > row["ready"] >= row["created"] for row in r["rows"])
     assert finite_positive(r["warm_start_s"]) and finite_positive(r["cold_start_s"])
     from inat_tune.bench.environment import machine_info
     table = format_table({"command": "c", "date": "d", "machine": machine_info(), "settings": {},
                           "trials": r})
-    assert "cold / warm (median)" in table
+    assert "slot free -> first epoch, cold / warm (median)" in table
 
 
 def fake_run_sweep(opts, space) -> None:

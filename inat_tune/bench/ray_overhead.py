@@ -76,18 +76,21 @@ def bench_ray(storage: Path) -> dict[str, Any]:
 
 
 def trial_start_times(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Cold and warm start from per-trial rows ``{created, first_result, worker_trial,
-    epoch_s}`` (driver clock; worker_trial 1 = the first trial of its worker process).
+    """Cold and warm start from per-trial rows ``{ready, first_result, worker_trial, epoch_s}``
+    (driver clock; worker_trial 1 = the first trial of its worker process).
 
-    ``cold_start_s`` / ``warm_start_s``: median seconds from a trial's creation (the driver
-    first sees it) to its first reported epoch at the driver, for first trials of a process and
-    for later ones; ``*_overhead_s`` the same less the epoch's own compute time."""
+    A trial is *ready* when it exists and a slot is free for it: the later of its creation
+    (the driver first sees it; a random search creates every trial at once) and the last time
+    a trial ended before this one started (the slot it takes). ``cold_start_s`` /
+    ``warm_start_s``: median seconds from ready to its first reported epoch at the driver, for
+    first trials of a process and for later ones; ``*_overhead_s`` the same less the epoch's
+    own compute time."""
     def med(xs: list[float]) -> float | None:
         return float(np.median(xs)) if xs else None
 
     cold = [r for r in rows if r["worker_trial"] == 1]
     warm = [r for r in rows if r["worker_trial"] > 1]
-    start = lambda r: r["first_result"] - r["created"]  # noqa: E731
+    start = lambda r: r["first_result"] - r["ready"]  # noqa: E731
     return {
         "n_trials": len(rows), "cold_trials": len(cold), "warm_trials": len(warm),
         "cold_start_s": med([start(r) for r in cold]), "warm_start_s": med([start(r) for r in warm]),
@@ -110,6 +113,7 @@ def bench_trials(storage: Path, data: Path, *, n_trials: int = 12, image_size: i
     from ..tune.space import load_space
 
     marks: dict[str, dict[str, Any]] = {}
+    ended: list[float] = []
 
     class StartTimes(tune.Callback):
         def on_step_begin(self, iteration, trials, **info):
@@ -117,9 +121,20 @@ def bench_trials(storage: Path, data: Path, *, n_trials: int = 12, image_size: i
             for t in trials:
                 marks.setdefault(t.trial_id, {"created": now})
 
+        def on_trial_start(self, iteration, trials, trial, **info):
+            m = marks.setdefault(trial.trial_id, {"created": time.time()})
+            m["ready"] = max([m["created"], *ended])  # ended so far: the slot it now takes
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            ended.append(time.time())
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            ended.append(time.time())
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             m = marks.setdefault(trial.trial_id, {"created": time.time()})
             if "first_result" not in m:
+                m.setdefault("ready", m["created"])
                 m.update(first_result=time.time(), worker_trial=int(result.get("worker_trial", 1)),
                          epoch_s=float(result.get("time_this_iter_s", 0.0)))
 
@@ -145,5 +160,6 @@ def bench_trials(storage: Path, data: Path, *, n_trials: int = 12, image_size: i
         return {"error": "no trial reported an epoch"}
     return {**trial_start_times(rows), "fresh_process": fresh_process, "sweep_wall_s": wall,
             "image_size": image_size, "rows": rows,
-            "note": "created: the driver first sees the trial; cold: the first trial of a worker "
-                    "process; overhead: less the epoch's own compute"}
+            "note": "ready: the later of the trial's creation and the end of the trial whose slot it "
+                    "takes; cold: the first trial of a worker process; overhead: less the epoch's "
+                    "own compute"}

@@ -110,7 +110,7 @@ def format_table(res: dict[str, Any]) -> str:
         else:
             for label, t in (("warm (reused processes)", tr), ("--fresh-process", tr.get("fresh_process"))):
                 if isinstance(t, dict) and "cold_start_s" in t:
-                    add("trials", f"{label}: created -> first epoch, cold / warm (median)",
+                    add("trials", f"{label}: slot free -> first epoch, cold / warm (median)",
                         f"{_f(t['cold_start_s'], ' s')} / {_f(t['warm_start_s'], ' s')} "
                         f"({t['cold_trials']} cold, {t['warm_trials']} warm; sweep of {t['n_trials']} "
                         f"trials {_f(t['sweep_wall_s'], ' s')})")

@@ -164,7 +164,7 @@ def targets(out: dict[str, Any], image_size: int) -> dict[str, Any]:
     }
     warm = out.get("trials", {}).get("warm_start_s")
     if warm is not None:
-        out_targets[f"warm trial: creation -> first epoch <= {TARGET_WARM_START_S:g} s (median)"] = \
+        out_targets[f"warm trial: slot free -> first epoch <= {TARGET_WARM_START_S:g} s (median)"] = \
             {"value": warm, "met": warm <= TARGET_WARM_START_S}
     return out_targets
 
