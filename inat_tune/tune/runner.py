@@ -385,7 +385,31 @@ def _write_experiment_files(opts: SweepOptions, space: SweepSpec, manifest_src: 
 def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False,
               callbacks: Iterable[Any] = ()):
     """Run (or resume) the sweep; returns Ray's ResultGrid. ``callbacks``: more Ray Tune
-    callbacks, after the sweep's own (progress, W&B)."""
+    callbacks, after the sweep's own (progress, W&B).
+
+    The driver holds the experiment's lease (:mod:`inat_tune.tune.lease`) while it runs: a
+    second driver on the same experiment is refused (SweepError naming the first), and the
+    lease of a driver that is gone is taken over."""
+    from .lease import ExperimentLease, LeaseError
+
+    check_storage(opts.storage)
+    try:
+        # A stale lease is taken over: on --resume its driver is gone; on a new sweep (plan_sweep
+        # refused an existing experiment) it is what an attempt that died before writing left.
+        lease = ExperimentLease(opts.experiment_path, takeover=True).acquire()
+    except LeaseError as e:
+        raise SweepError(str(e)) from None
+    except OSError as e:
+        raise SweepError(f"--storage {opts.storage}: cannot write the experiment's lease ({e})") from None
+    if lease.took_over is not None:
+        print(f"took over the experiment from a driver that is gone ({lease.took_over.describe()})")
+    try:
+        return _run_sweep(opts, space, resume=resume, callbacks=callbacks)
+    finally:
+        lease.release()
+
+
+def _run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool, callbacks: Iterable[Any]):
     import ray
     from ray import tune
 
