@@ -392,6 +392,7 @@ def run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool = False,
     lease of a driver that is gone is taken over."""
     from .lease import ExperimentLease, LeaseError
 
+    scan_dataset(opts.data_dir)  # layout errors before anything is written
     check_storage(opts.storage)
     try:
         # A stale lease is taken over: on --resume its driver is gone; on a new sweep (plan_sweep
