@@ -10,7 +10,7 @@ Written into the experiment folder:
     predictions.csv        file, true, predicted, probability (of the prediction); one row per image
     confusion_matrix.csv   counts, rows = true class, columns = predicted class
     confusion_matrix.png
-    prediction_grid.png    3 seeded test images per class with true/predicted label, confidence
+    prediction_grid.png    up to 3 seeded test images per class with true/predicted label, confidence
                            and top-3 probabilities; green frame = right, red = wrong
 
 and mirrored to W&B (offline without an API key) when asked.
@@ -184,6 +184,15 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Pa
     return cm.shape
 
 
+def wrap_title(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` with each line wrapped to fit ``width_in`` inches at ``fontsize`` points (DejaVu
+    Sans averages about 0.6 em a character): a long title is not clipped at the figure's edges."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) if line else line for line in text.split("\n"))
+
+
 def _short(name: str, n: int) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
@@ -199,36 +208,64 @@ def choose_per_class(labels: np.ndarray, num_classes: int, per_class: int, seed:
     return out
 
 
+def shown_per_class(chosen: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
+    """What a prediction grid of ``chosen`` shows, in words: "3 per class", "1-3 per class
+    (fewer where a class has fewer test images)"."""
+    counts = [len(c) for c in chosen if len(c)]
+    if not counts:
+        return "no test image"
+    lo, hi = min(counts), max(counts)
+    text = f"{hi} per class" if lo == hi else f"{lo}-{hi} per class (fewer where a class has fewer test images)"
+    return text
+
+
+def _no_test_image(chosen: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
+    empty = [_short(c, 16) for c, ch in zip(classes, chosen) if not len(ch)]
+    return f"; no test image (no row): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}" if empty else ""
+
+
 def plot_prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
                          classes: Sequence[str], path: str | Path, per_class: int = 3, seed: int = 0,
-                         title: str = "") -> tuple[int, int]:
-    """One row per class, ``per_class`` test images each, with the true and predicted labels,
-    the confidence and the top-3 probabilities; frame green when right, red when wrong.
+                         title: str = "", note: str = "") -> tuple[int, int]:
+    """One row per class with a test image, up to ``per_class`` of its test images, with the
+    true and predicted labels, the confidence and the top-3 probabilities; frame green when
+    right, red when wrong.
 
-    ``images`` are uint8 N x S x S x 3. Returns the grid shape (classes, per_class).
+    The figure title is ``title`` (e.g. experiment and trial), then what is shown, counted from
+    the images actually drawn ("2 per class" when no class has 3), then ``note``. The figure's
+    size follows the rows and columns drawn: no empty column when every class has fewer images
+    than ``per_class``, no row for a class without a test image (the title names it).
+
+    ``images`` are uint8 N x S x S x 3. Returns the grid shape drawn (rows, columns).
     """
-    n_cls = len(classes)
-    chosen = choose_per_class(labels, n_cls, per_class, seed)
+    chosen = choose_per_class(labels, len(classes), per_class, seed)
+    rows_drawn = [r for r in range(len(classes)) if len(chosen[r])]
+    n_rows = max(1, len(rows_drawn))
+    n_cols = max([len(chosen[r]) for r in rows_drawn] or [1])
     cell_w, cell_h = 3.5, 1.95  # inches: one (image, bars) cell
-    top_in = 0.35 + 0.22 * (title.count("\n") + 1) if title else 0.2  # the title band
-    height = cell_h * n_cls + top_in
-    fig = _figure(cell_w * per_class + 0.2, height)
-    outer = fig.add_gridspec(n_cls, per_class, left=0.015, right=0.985, bottom=0.1 / height,
+    width = cell_w * n_cols + 0.2
+    head = (f"{title}: " if title else "") + f"test predictions, {shown_per_class(chosen, classes)} " \
+        "(green = right, red = wrong; bars: top-3 probabilities)" + _no_test_image(chosen, classes) \
+        + (f"\n{note}" if note else "")
+    head = wrap_title(head, width - 0.2, 12)
+    top_in = 0.45 + 0.22 * (head.count("\n") + 1)  # the title band, and the first row's captions
+    height = cell_h * n_rows + top_in
+    fig = _figure(width, height)
+    outer = fig.add_gridspec(n_rows, n_cols, left=0.015, right=0.985, bottom=0.1 / height,
                              top=1 - top_in / height, wspace=0.1, hspace=0.42)
-    for r in range(n_cls):
-        for c in range(per_class):
-            inner = outer[r, c].subgridspec(1, 2, width_ratios=[1.0, 0.95], wspace=0.06)
+    for row, r in enumerate(rows_drawn):
+        for c in range(n_cols):
+            inner = outer[row, c].subgridspec(1, 2, width_ratios=[1.0, 0.95], wspace=0.06)
             ax_img, ax_bar = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
-            if c >= len(chosen[r]):
+            if c >= len(chosen[r]):  # this class has fewer images than the widest row
                 ax_img.axis("off")
                 ax_bar.axis("off")
                 continue
             i = chosen[r][c]
             _draw_prediction(ax_img, ax_bar, images[i], int(labels[i]), probs[i], classes)
-    if title:
-        fig.suptitle(title, fontsize=12, y=1 - 0.12 / height, va="top")
+    fig.suptitle(head, fontsize=12, y=1 - 0.12 / height, va="top")
     fig.savefig(path, dpi=90)
-    return n_cls, per_class
+    return len(rows_drawn), n_cols
 
 
 def _draw_prediction(ax_img, ax_bar, image: np.ndarray, true: int, p: np.ndarray,
@@ -289,9 +326,8 @@ def evaluate_experiment(path: str | Path, data: str | Path | None = None, use_wa
                           title=f"{head} on the test set: accuracy {metrics['test_acc']:.3f} "
                                 f"(n={metrics['n_test']})")
     plot_prediction_grid(bm.test.images, y, probs, bm.classes, files["prediction_grid"], seed=seed,
-                         title=f"{head}: test predictions, 3 per class (green = right, red = wrong; "
-                               f"bars: top-3 probabilities)\n{metrics['test_acc']:.1%} of all "
-                               f"{metrics['n_test']} test images are right")
+                         title=head, note=f"{metrics['test_acc']:.1%} of all {metrics['n_test']} "
+                                          "test images are right")
     result = {
         "experiment": exp.name,
         "experiment_path": str(exp.path),

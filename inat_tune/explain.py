@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .evaluate import BestModel, _figure, _short, load_best
+from .evaluate import BestModel, _figure, _short, load_best, wrap_title
 
 log = logging.getLogger(__name__)
 
@@ -295,15 +295,27 @@ def plot_feature_maps(image: np.ndarray, maps: torch.Tensor, path: str | Path, t
     n = m.shape[0]
     rows, cols = grid_shape(n)
     tile = 1.05
-    width, height = 3.2 + tile * cols, max(3.4, tile * rows + 0.8)
+    width = 3.2 + tile * cols
+    # the title wrapped to the figure's width, and a band above the panels tall enough for it
+    title = wrap_title(title, width - 0.3, 10)
+    title_in = 0.2 + 0.19 * (title.count("\n") + 1) if title else 0.15
+    label_in = 0.2 + 0.16 * (image_title.count("\n") + 1) if image_title else 0.0
+    height = max(3.4, tile * rows + 0.2, 2.6 + label_in + 0.2) + title_in
     fig = _figure(width, height)
-    top = 1 - 0.65 / height
+    top = 1 - title_in / height
     gs = fig.add_gridspec(rows, cols + 3, left=0.015, right=0.985, bottom=0.02, top=top,
                           wspace=0.06, hspace=0.08,
                           width_ratios=[2.6 / 2, 2.6 / 2, 0.25] + [tile] * cols)
-    ax = fig.add_subplot(gs[:, :2])
+    # the image's label in a row of its own above the image: it cannot reach the title
+    left = gs[:, :2].subgridspec(2, 1, height_ratios=[label_in or 0.01, height * (top - 0.02) - label_in],
+                                 hspace=0.0)
+    if image_title:
+        lab = fig.add_subplot(left[0])
+        lab.axis("off")
+        lab.text(0.5, 0.5, image_title, fontsize=9, ha="center", va="center", transform=lab.transAxes)
+    ax = fig.add_subplot(left[1])
     ax.imshow(image)
-    ax.set_title(image_title, fontsize=9)
+    ax.set_anchor("N")
     ax.axis("off")
     for i in range(rows * cols):
         a = fig.add_subplot(gs[i // cols, 3 + i % cols])
@@ -331,12 +343,20 @@ def pattern_image(attr: torch.Tensor) -> np.ndarray:
     return np.clip(0.5 + 0.5 * a / scale, 0.0, 1.0)
 
 
+DEAD = "dead channel\n(no gradient)"  # written on the pattern of an all-zero attribution
+
+
 def plot_guided_backprop(images: np.ndarray, patterns: Sequence[np.ndarray], labels: Sequence[str],
-                         path: str | Path, title: str = "") -> tuple[int, int]:
+                         path: str | Path, title: str = "", dead: Sequence[bool] | None = None
+                         ) -> tuple[int, int]:
     """One row per neuron: the image that excites it most and its guided-backprop pattern,
-    side by side. Returns (rows, 1): rows of (image, pattern) pairs."""
+    side by side. A pattern of a channel with no gradient (``dead``; by default a pattern of
+    one flat colour, which is what :func:`pattern_image` makes of an all-zero attribution)
+    says so in words instead of being a blank grey panel. Returns (rows, 1): rows of
+    (image, pattern) pairs."""
     rows = len(patterns)
     side, label_h = 1.9, 0.42  # inches: one picture, its caption band
+    title = wrap_title(title, 2 * side + 0.3, 8)
     top_in = 0.25 + 0.16 * (title.count("\n") + 1)  # the title band grows with its lines
     height = (side + label_h) * rows + top_in
     fig = _figure(2 * side + 0.5, height)
@@ -351,6 +371,10 @@ def plot_guided_backprop(images: np.ndarray, patterns: Sequence[np.ndarray], lab
             a.set_yticks([])
         a0.set_title(labels[r], fontsize=7.5, loc="left", pad=2)
         a1.set_title("guided backprop pattern", fontsize=7.5, loc="left", pad=2)
+        is_dead = bool(dead[r]) if dead is not None else float(np.ptp(np.asarray(patterns[r]))) == 0.0
+        if is_dead:
+            a1.text(0.5, 0.5, DEAD, transform=a1.transAxes, ha="center", va="center", fontsize=9,
+                    color="black", bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.5", alpha=0.9))
     fig.suptitle(title, fontsize=8, y=1 - 0.06 / height, va="top")
     fig.savefig(path, dpi=100)
     return rows, 1
@@ -425,10 +449,12 @@ def _figure_guided(bm: BestModel, model: nn.Module, sample: np.ndarray, num_chan
     net = ChannelMax(model, block, bm.mean, bm.std).to(bm.device).eval()
     xs = _as_float(bm.test.images[sample], bm.device)
     maxima = channel_maxima(net, xs)
-    images, patterns, labels = [], [], []
+    images, patterns, labels, dead = [], [], [], []
     for c in choose_channels(maxima, num_channels, seed):
         j = int(maxima[:, c].argmax())
-        patterns.append(pattern_image(guided_attribution(net, xs[j:j + 1], c)[0]))
+        attr = guided_attribution(net, xs[j:j + 1], c)[0]
+        dead.append(not bool(attr.any()))
+        patterns.append(pattern_image(attr))
         images.append(bm.test.images[sample[j]])
         labels.append(f"channel {c} (max activation {float(maxima[j, c]):.2f})\n"
                       f"{_file_label(bm.test.files[sample[j]])}")
@@ -437,7 +463,7 @@ def _figure_guided(bm: BestModel, model: nn.Module, sample: np.ndarray, num_chan
     if acts != ["ReLU"]:
         rule += "\n(the ReLU rule, generalised: see inat_tune/explain.py)"
     return plot_guided_backprop(
-        np.stack(images), patterns, labels, path,
+        np.stack(images), patterns, labels, path, dead=dead,
         title=f"{head}\nguided backprop, {len(patterns)} of {maxima.shape[1]} channels of {block_name};\n"
               f"each with the most exciting of {len(sample)} test images\n{rule}")
 

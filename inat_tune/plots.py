@@ -23,6 +23,7 @@ _STATUS_STYLE = {  # marker, colour, legend label
     "finished": ("o", "tab:blue", "finished"),
     "stopped_early": ("v", "tab:orange", "stopped early (ASHA)"),
     "unfinished": ("s", "tab:gray", "unfinished"),
+    "errored": ("X", "tab:red", "errored after a result"),
 }
 
 
@@ -70,7 +71,11 @@ def plot_accuracy_vs_created(df: pd.DataFrame, space: SpaceInfo, out: str | Path
             ax.scatter(x[m], y[m], marker=marker, color=colour, s=42, zorder=3,
                        label=f"{name} ({int(m.sum())})", edgecolor="white", linewidth=0.6)
     finite = np.isfinite(y)
-    lo, hi = np.nanmin(y), np.nanmax(y)
+    other = finite & ~df["status"].isin(list(_STATUS_STYLE)).to_numpy()
+    if other.any():  # any other status with a result is drawn too: no trial is left out
+        ax.scatter(x[other], y[other], marker="D", color="tab:purple", s=36, zorder=3,
+                   label=f"other status ({int(other.sum())})", edgecolor="white", linewidth=0.6)
+    lo, hi = float(np.min(y[finite])), float(np.max(y[finite]))
     pad = max((hi - lo) * 0.08, 0.01)
     err = (df["status"] == "errored").to_numpy() & ~finite
     if err.any():
@@ -87,13 +92,20 @@ def plot_accuracy_vs_created(df: pd.DataFrame, space: SpaceInfo, out: str | Path
                     textcoords="offset points", fontsize=8.5, ha="right" if right else "left")
     ax.set_xlabel("trial, in order of creation")
     ax.set_ylabel(label)
-    ax.set_ylim(lo - pad, hi + pad * 2)
+    ax.set_ylim(lo - pad, hi + pad * 2)  # every point (and the errored marks at lo - pad / 2) inside
     ax.set_xlim(0.3, len(df) + 0.7)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # below the axes, not inside them: a legend in the corner hid the trials under it
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
     ax.set_title(title)
     return _save(fig, out)
+
+
+def _constant(lo: float, hi: float) -> bool:
+    """True when [lo, hi] is one value up to float noise (relative 1e-9): an axis over it
+    would only show an offset label such as "1e-10+1e-1"."""
+    return hi - lo <= 1e-9 * max(1.0, abs(lo), abs(hi))
 
 
 def _axis(values: pd.Series, kind: str, log: bool, order: Sequence[Any] = ()) -> tuple[np.ndarray, list[tuple[float, str]]]:
@@ -113,7 +125,7 @@ def _axis(values: pd.Series, kind: str, log: bool, order: Sequence[Any] = ()) ->
     log = log and bool((v > 0).all())
     t = np.log10(v) if log else v
     lo, hi = float(t.min()), float(t.max())
-    if hi - lo < 1e-12:
+    if _constant(lo, hi):  # one value (up to float noise): one label, the value itself
         return np.full(len(v), 0.5), [(0.5, fmt_value(float(v[0])))]
     if log:
         ticks = LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(10 ** lo, 10 ** hi)
@@ -136,6 +148,7 @@ def plot_parallel_coordinates(df: pd.DataFrame, space: SpaceInfo, out: str | Pat
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+    from matplotlib.ticker import ScalarFormatter
 
     target, label = space.target, metric_label(space)
     params = swept_params(df, space)
@@ -153,7 +166,10 @@ def plot_parallel_coordinates(df: pd.DataFrame, space: SpaceInfo, out: str | Pat
     fig = _figure(max(6.5, 1.9 * n + 1.5), 4.8)
     ax = fig.add_subplot()
     y = d[target].to_numpy(dtype=float)
-    norm = Normalize(vmin=float(y.min()), vmax=float(y.max()) if y.max() > y.min() else float(y.min()) + 1e-9)
+    const = _constant(float(y.min()), float(y.max()))
+    # a constant metric gets a range around its value, so the colourbar is not a 1e-9 sliver
+    half = max(abs(float(y.min())) * 0.05, 0.01) if const else 0.0
+    norm = Normalize(vmin=float(y.min()) - half, vmax=float(y.max()) + half)
     cmap = colormaps["viridis" if space.mode == "max" else "viridis_r"]
     xs = np.arange(n)
     stack = np.column_stack([c[0] for c in cols])
@@ -176,7 +192,12 @@ def plot_parallel_coordinates(df: pd.DataFrame, space: SpaceInfo, out: str | Pat
         s.set_visible(False)
     ax.set_xlim(-0.45, n - 1 + 0.45)
     ax.set_ylim(-0.04, 1.04)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label, pad=0.02, fraction=0.04)
+    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label, pad=0.02, fraction=0.04)
+    if const:  # its single value, as the metric axis shows it
+        cb.set_ticks([float(y[0])], labels=[fmt_value(float(y[0]))])
+    else:
+        cb.formatter = ScalarFormatter(useOffset=False)  # plain values, never "1e-10+1e-1"
+        cb.update_ticks()
     missing = len(df) - len(d)
     ax.set_title(f"{title} ({len(d)} trials"
                  + (f"; {missing} without a result not shown" if missing else "") + ")",
@@ -220,13 +241,18 @@ def plot_importance(table: pd.DataFrame, space: SpaceInfo, out: str | Path) -> P
 
 def plot_learning_curves(df: pd.DataFrame, history: pd.DataFrame, space: SpaceInfo,
                          out: str | Path, top_k: int = 5) -> Path:
-    """val_acc per epoch of the top-k trials (by the target); the others in light grey."""
+    """val_acc per epoch of the top-k trials (by the target); the others in light grey.
+
+    The title counts the trials actually drawn ("top 3 of 8", "all 3 trials"). Each top trial
+    has its own line style and marker, markers shrinking with rank, so a curve identical to a
+    better one still shows under it; the legend names the curves that are identical."""
     target = space.target
-    title = f"validation accuracy per epoch, top {top_k} trials"
     d = scored(df, target)
     if d.empty or history.empty or "val_acc" not in history:
-        return _empty(out, title, "no epoch has been reported yet")
+        return _empty(out, "validation accuracy per epoch", "no epoch has been reported yet")
     top = d.sort_values(target, ascending=space.mode == "min", kind="stable").head(top_k)
+    title = (f"validation accuracy per epoch, all {len(top)} trial{'s' if len(top) != 1 else ''}"
+             if len(top) == len(d) else f"validation accuracy per epoch, top {len(top)} of {len(d)} trials")
     fig = _figure(7.5, 4.4)
     ax = fig.add_subplot()
     others = set(d["trial_id"]) - set(top["trial_id"])
@@ -236,12 +262,24 @@ def plot_learning_curves(df: pd.DataFrame, history: pd.DataFrame, space: SpaceIn
     if others:
         ax.plot([], [], color="0.75", lw=1, marker="o", ms=2.5, label=f"other trials ({len(others)})")
     params = swept_params(df, space)
+    curves: dict[tuple, int] = {}  # (epochs, values) -> rank of the first trial with that curve
+    counts: dict[tuple, int] = {}
+    styles, markers = ("-", "--", "-.", ":"), ("o", "s", "^", "D", "v", "P", "X", "*")
     for rank, (_, r) in enumerate(top.iterrows(), start=1):
         h = history[history["trial_id"] == r["trial_id"]]
         cfg = ", ".join(f"{p.name}={fmt_value(r[CONFIG_PREFIX + p.name])}" for p in params[:4])
         stop = " (stopped early)" if r["status"] == "stopped_early" else ""
-        ax.plot(h["epoch"], h["val_acc"], marker="o", ms=3.5, lw=1.8, zorder=3,
-                label=f"#{rank} {r['trial_id']}{stop}: {cfg}")
+        key = (tuple(h["epoch"]), tuple(np.round(h["val_acc"].to_numpy(dtype=float), 9)))
+        same = f" [curve identical to #{curves[key]}]" if key in curves else ""
+        curves.setdefault(key, rank)
+        ax.plot(h["epoch"], h["val_acc"], marker=markers[(rank - 1) % len(markers)],
+                ms=max(7.5 - 1.2 * (rank - 1), 2.5), mfc="none" if same else None, mew=1.3,
+                ls=styles[(rank - 1) % len(styles)], lw=max(2.6 - 0.4 * (rank - 1), 1.0), zorder=2 + rank,
+                label=f"#{rank} {r['trial_id']}{stop}: {cfg}{same}")
+        counts[key] = counts.get(key, 0) + 1
+    n_same = sum(c for c in counts.values() if c > 1)
+    if n_same:
+        title += f"; {n_same} curves identical"
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.xaxis.get_major_locator().set_params(integer=True)

@@ -366,7 +366,8 @@ def _experiment_section(doc: _Doc, e: _Exp, figs: dict[str, Path], level: int) -
     if len(cats):
         doc.table(_fmt_categories(cats), f"{label} per value of each categorical hyperparameter:")
     doc.h(H, "Learning curves")
-    doc.img(figs["curves"], f"Validation accuracy per epoch of the top {TOP_K} trials")
+    # no count here: write_report's top_k may differ from TOP_K; the figure's title says how many it drew
+    doc.img(figs["curves"], "Validation accuracy per epoch of the best trials (how many: the figure's title)")
     doc.h(H, "Cost and early stopping")
     doc.table(_fmt_cost(an.cost_summary(df)))
     rt = an.rung_table(df, space)

@@ -465,3 +465,52 @@ def test_evaluate_and_report_follow_the_sweeps_wandb_setting(synth_data, tmp_pat
         calls.clear()
         assert main(["evaluate", str(exp), "--no-wandb"]) == 0 and main(["report", str(many), "--no-wandb"]) == 0
         assert calls == []
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Every matplotlib Figure saved while the test runs."""
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def test_prediction_grid_title_and_size_follow_what_is_drawn(tmp_path, drawn):
+    # every class has 2 test images (one has none): asked for 3 per class, 2 are shown
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2, 4], 2)
+    images = rng.integers(0, 255, (len(labels), 32, 32, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(5), len(labels)).astype(np.float32)
+    classes = ["a", "b", "c", "d", "e"]
+    assert plot_prediction_grid(images, labels, probs, classes, tmp_path / "g.png", per_class=3,
+                                title="exp: trial t") == (4, 2)
+    fig = drawn[-1]
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "2 per class" in title and "3 per class" not in title, title
+    assert "no test image" in title and ": d" in title
+    # the size follows 4 rows of 2 cells, and no panel is an empty placeholder
+    w, h = fig.get_size_inches()
+    assert w == pytest.approx(3.5 * 2 + 0.2) and h < 1.95 * 4 + 1.5
+    assert all(ax.axison for ax in fig.axes) and len(fig.axes) == 4 * 2 * 2
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()  # the figure as saved, on a canvas that measures text
+    r = fig.canvas.get_renderer()
+    sup = fig._suptitle.get_window_extent(r)
+    assert fig.bbox.x0 <= sup.x0 and sup.x1 <= fig.bbox.x1  # a long title is wrapped, not clipped
+
+
+def test_prediction_grid_title_says_a_varying_count(tmp_path, drawn):
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 0, 0, 1])
+    images = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(2), 4).astype(np.float32)
+    assert plot_prediction_grid(images, labels, probs, ["a", "b"], tmp_path / "g.png", per_class=3) == (2, 3)
+    assert "1-3 per class" in drawn[-1]._suptitle.get_text().replace("\n", " ")

@@ -266,3 +266,74 @@ def test_relu6_saturated_neurons_are_still_explained():
     ours = guided_attribution(_channel_net(net), x, channel)
     assert hand.abs().sum() > 0
     torch.testing.assert_close(ours, hand)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure layout (issue 14): checked on matplotlib's objects, not pixels
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Every matplotlib Figure saved while the test runs (drawn: text extents are known)."""
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def _text(fig, content: str):
+    from matplotlib.text import Text
+
+    found = [t for t in fig.findobj(Text) if t.get_text() == content]
+    assert len(found) == 1, [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+    return found[0]
+
+
+@pytest.mark.parametrize("n_maps", [8, 16])
+def test_feature_maps_title_is_not_clipped_and_the_image_label_overlaps_nothing(tmp_path, drawn, n_maps):
+    from inat_tune.explain import plot_feature_maps
+
+    title = ("demo-sweep: trial 3365b4f9 (scratch_cnn)\nfirst-layer feature maps of one test image: output of "
+             "blocks.0.act (ReLU after the first conv); each map on its own colour scale")
+    label = "Plantae/Plantae_18.jpg\ntrue: Plantae"
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    plot_feature_maps(image, torch.rand(n_maps, 32, 32), tmp_path / "m.png", title=title, image_title=label)
+    fig = drawn[-1]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()  # the figure as saved, on a canvas that measures text
+    r = fig.canvas.get_renderer()
+    page = fig.bbox
+    sup = fig._suptitle.get_window_extent(r)
+    assert page.x0 <= sup.x0 and sup.x1 <= page.x1 and sup.y1 <= page.y1, (sup, page)  # not clipped
+    lab = _text(fig, label).get_window_extent(r)
+    assert page.x0 <= lab.x0 and lab.x1 <= page.x1
+    assert not lab.overlaps(sup), (lab, sup)
+    for ax in fig.axes:  # neither the title nor the label covers a picture
+        if ax.images:
+            box = ax.get_window_extent(r)
+            assert not box.overlaps(sup) and not box.overlaps(lab), (ax, box)
+
+
+def test_guided_backprop_panel_of_a_dead_channel_says_so(tmp_path, drawn):
+    from inat_tune.explain import plot_guided_backprop, pattern_image
+
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    patterns = [pattern_image(torch.randn(3, 32, 32)), pattern_image(torch.zeros(3, 32, 32))]
+    plot_guided_backprop(images, patterns, ["channel 4", "channel 9"], tmp_path / "g.png", title="t")
+    fig = drawn[-1]
+    pattern_axes = [ax for ax in fig.axes if ax.get_title(loc="left") == "guided backprop pattern"]
+    words = [" ".join(t.get_text() for t in ax.texts) for ax in pattern_axes]
+    assert "dead channel" in words[1] and "no gradient" in words[1]
+    assert "dead" not in words[0]
+    # said by the caller (all-zero attribution), whatever the picture looks like
+    plot_guided_backprop(images, patterns[:1] * 2, ["a", "b"], tmp_path / "h.png", dead=[False, True])
+    fig = drawn[-1]
+    words = [" ".join(t.get_text() for t in ax.texts) for ax in fig.axes
+             if ax.get_title(loc="left") == "guided backprop pattern"]
+    assert "dead" not in words[0] and "dead channel" in words[1]

@@ -230,3 +230,112 @@ def test_report_when_no_trial_has_finished(tmp_path):
     md = write_report(exp, use_wandb=False).read_text()
     assert "No trial has finished yet" in md and "## Best configuration" not in md
     assert (exp / "fig_accuracy_vs_created.png").is_file()  # drawn, without a best trial to mark
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's figures, drawn from small frames and checked on matplotlib's objects (issue 14)
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Every matplotlib Figure saved while the test runs (drawn: text extents are known)."""
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def _trials(acc, status=None, lr=None, filters=None) -> pd.DataFrame:
+    n = len(acc)
+    return pd.DataFrame({"trial_id": [f"t{i:02d}" for i in range(n)],
+                         "status": status or ["finished"] * n,
+                         "best_val_acc": acc,
+                         an.CONFIG_PREFIX + "lr": lr or [10 ** -(2 + i / n) for i in range(n)],
+                         an.CONFIG_PREFIX + "filters": filters or [8 * (1 + i % 2) for i in range(n)]})
+
+
+_SPACE = an.SpaceInfo(metric="val_acc", mode="max",
+                      params={"lr": an.ParamInfo("lr", "numeric", log=True),
+                              "filters": an.ParamInfo("filters", "categorical", values=(8, 16))})
+
+
+def test_parallel_coordinates_of_a_constant_metric_shows_its_value_and_no_offset(tmp_path, drawn):
+    from inat_tune import plots
+
+    df = _trials([0.1] * 4, lr=[3e-4] * 4)  # the metric and one hyperparameter are constant
+    plots.plot_parallel_coordinates(df, _SPACE, tmp_path / "p.png")
+    fig = drawn[-1]
+    ax, cbar = fig.axes
+    offset = cbar.yaxis.get_offset_text().get_text()
+    assert offset == "", offset  # was "1e-10+1e-1"
+    assert [t.get_text() for t in cbar.get_yticklabels() if t.get_text()] == ["0.1"]
+    texts = [t.get_text() for t in ax.texts]
+    assert "0.0003" in texts and "0.1" in texts  # each constant axis: its single value
+    assert not any("e-1" in t or "+" in t for t in texts + [offset])
+
+
+def test_parallel_coordinates_colourbar_never_has_an_offset(tmp_path, drawn):
+    from inat_tune import plots
+
+    plots.plot_parallel_coordinates(_trials([0.70001, 0.70003, 0.70002, 0.70004]), _SPACE, tmp_path / "p.png")
+    cbar = drawn[-1].axes[1]
+    assert cbar.yaxis.get_offset_text().get_text() == ""
+    assert all(t.get_text().startswith("0.7") for t in cbar.get_yticklabels() if t.get_text())
+
+
+def _history(curves: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"trial_id": t, "epoch": e, "val_acc": v}
+                         for t, vals in curves.items() for e, v in enumerate(vals, start=1)])
+
+
+def test_learning_curves_title_counts_the_trials_drawn_and_identical_curves_stay_visible(tmp_path, drawn):
+    from inat_tune import plots
+
+    df = _trials([0.6, 0.6, 0.4])
+    same = [0.2, 0.4, 0.6]
+    hist = _history({"t00": same, "t01": same, "t02": [0.1, 0.3, 0.4]})
+    plots.plot_learning_curves(df, hist, _SPACE, tmp_path / "c.png", top_k=5)
+    ax = drawn[-1].axes[0]
+    title = ax.get_title()
+    assert "all 3 trials" in title and "top 5" not in title, title
+    assert "2 curves identical" in title
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    assert len(lines) == 3
+    # the two identical curves are drawn differently: a style and a marker of their own
+    styles = {(ln.get_linestyle(), ln.get_marker()) for ln in lines}
+    assert len(styles) == 3
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("identical to #1" in s for s in labels), labels
+
+    plots.plot_learning_curves(_trials([0.5, 0.4, 0.3, 0.2]), _history({f"t0{i}": [0.1 * i] for i in range(4)}),
+                               _SPACE, tmp_path / "c2.png", top_k=2)
+    assert "top 2 of 4 trials" in drawn[-1].axes[0].get_title()
+
+
+def test_search_progress_shows_every_trial_inside_the_axes_and_clear_of_the_legend(tmp_path, drawn):
+    import numpy as np
+
+    from inat_tune import plots
+
+    # an errored trial with a result, far below the others, and trials in the lower right corner
+    acc = [0.6, 0.7, 0.02, 0.65, 0.1, 0.1, 0.1, 0.1]
+    status = ["finished", "finished", "errored", "finished", "stopped_early", "stopped_early",
+              "stopped_early", "stopped_early"]
+    df = _trials(acc, status=status)
+    plots.plot_accuracy_vs_created(df, _SPACE, tmp_path / "a.png")
+    fig = drawn[-1]
+    ax = fig.axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    lo, hi = ax.get_ylim()
+    for x, y in zip(range(1, len(acc) + 1), acc):  # every trial has its point, inside the axes
+        assert any(abs(px - x) < 1e-9 and abs(py - y) < 1e-9 for px, py in points), (x, y)
+        assert lo < y < hi
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    for px, py in ax.transData.transform(points):
+        assert not legend.contains(px, py), "a trial's point is under the legend"
