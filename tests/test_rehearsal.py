@@ -208,3 +208,68 @@ def test_rehearsal_job_submit_starts_a_gpu_worker_from_zero(cluster_file, synth_
     assert {r["device"] for t in trials.values() for r in results(t)} == {"cpu"}  # a fake GPU
     assert "new nodes for launch" in monitor and any(t in monitor for t in gpu_types), monitor[-3000:]
     assert "(idle)" in monitor, monitor[-3000:]
+
+
+def _node_dirs(cluster: FakeCluster) -> list[Path]:
+    """The temp folders of the fake worker nodes started so far (rehearsal_provider)."""
+    return sorted(p for p in cluster.tmp.glob("node*") if p.is_dir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster_file", list(CLUSTERS))
+def test_rehearsal_a_worker_lost_mid_sweep_is_replaced_and_trials_continue(cluster_file, synth_data,
+                                                                           tmp_path):
+    """The same submitted sweep; once every trial has reported two epochs its GPU worker is
+    killed (all of the fake node's processes: a lost spot instance). The autoscaler starts a
+    replacement worker of the same kind, each trial continues there from its last checkpoint
+    (no epoch is trained from scratch again), and the job SUCCEEDS with all four trials
+    complete."""
+    epochs = 16
+    cluster = FakeCluster(REPO / "cluster" / cluster_file, tmp_path)
+    storage = tmp_path / "results"
+    logs = ""
+    try:
+        cluster.wait_started()
+        workdir = tmp_path / "job"
+        workdir.mkdir()
+        write_space(workdir / "space.yaml", epochs=epochs, lrs=[1e-3, 2e-3, 3e-3, 4e-3], method="grid")
+        sweep = ["inat-tune", "sweep", "space.yaml", "--data", str(synth_data), "--no-wandb",
+                 "--storage", str(storage), "--name", "L", "--address", "auto",
+                 "--gpus-per-trial", "0.25", "--cpus-per-trial", "1", "--max-failures", "3"]
+        sid = _submit(cluster, workdir, sweep)
+
+        def two_epochs_each():
+            trials = trial_dirs(storage / "L")
+            return len(trials) == 4 and all(len(results(t)) >= 2 for t in trials.values())
+
+        wait_for(two_epochs_each, 600, "every trial to report two epochs", interval=1, alive=cluster.proc)
+        (first,) = _node_dirs(cluster)
+        lost = {r["node_id"] for t in trial_dirs(storage / "L").values() for r in results(t)}
+        killed = kill_processes_mentioning(str(first))  # raylet, agents, the trials' workers
+        assert killed
+        try:
+            state = wait_for(lambda: _job_state(cluster, sid), 900, f"job {sid}", interval=3,
+                             alive=cluster.proc)
+        finally:
+            logs = cluster.ray("job", "logs", "--address", cluster.url, sid).stdout
+        monitor = cluster.monitor_log()
+        nodes_started = _node_dirs(cluster)
+    finally:
+        cluster.stop()
+    assert state == "SUCCEEDED", logs[-5000:] + "\n--- monitor:\n" + monitor[-3000:]
+    assert len(nodes_started) >= 2, monitor[-3000:]  # a replacement worker was launched
+    trials = trial_dirs(storage / "L")
+    assert len(trials) == 4 and set(statuses(storage / "L").values()) == {"TERMINATED"}
+    continued = 0
+    for t, p in trials.items():
+        rows = results(p)
+        assert sorted({r["epoch"] for r in rows}) == list(range(1, epochs + 1)), (t, [r["epoch"] for r in rows])
+        after = [r for r in rows if r["node_id"] not in lost]
+        assert after, f"trial {t} never ran on the replacement node"
+        # continued from its checkpoint: the first epoch on the new node follows one trained
+        # before the loss, and the rows are each epoch once or, for the one the loss cut, twice
+        assert after[0]["epoch"] > 1, (t, [(r["epoch"], r["node_id"][:6]) for r in rows])
+        assert len(rows) <= epochs + 1
+        continued += 1
+    assert continued == 4
+    assert "sweep L: 4 trials (0 errored)" in logs, logs[-5000:]
