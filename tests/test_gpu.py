@@ -85,8 +85,8 @@ def test_gpu_check_rehearses_on_cpu(tmp_path):
     res = json.loads((tmp_path / "gc" / "gpu_check.json").read_text())
     assert res["rehearsal"] is True and res["bench"]["train"]["variants"]
     status = {s["name"]: s["status"] for s in res["steps"]}
-    assert status == {"environment": "ok", "gpu_tests": "ok", "bench": "ok",
-                      "bench_concurrent": "skipped"}
+    assert status == {"environment": "ok", "gpu_tests": "ok", "bench": "ok", "bench_concurrent": "ok"}
+    assert res["concurrent"]["n"] == 2 and res["concurrent"]["ratio"] > 0  # bench --concurrent ran
     env_log = next(s["log_tail"] for s in res["steps"] if s["name"] == "environment")
     assert "import with ray/optuna/wandb/captum blocked" in env_log
     assert "skipped" in json.dumps(res["bench"]["ray"])  # Ray blocked in the rehearsal
