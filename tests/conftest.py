@@ -21,6 +21,8 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    from inat_tune.data.warm import WARM
+    WARM.clear()  # warm data is per process: one test's must not serve the next
     yield
 
 

@@ -121,9 +121,12 @@ class TestOnALocalCluster:
 
         cluster.ensure_workers()
         space = write_space(tmp_path / "space.yaml", epochs=3, lrs=[1e-3, 3e-3])
+        # A new process per trial: with reused processes a short trial's process can take the
+        # next trial before the second node's worker has started (what reuse is for), and the
+        # placement would depend on that race.
         opts = SweepOptions(space_path=str(space), data_dir=str(data), name="multi",
                             storage=str(tmp_path / "results"), num_samples=2, use_wandb=False,
-                            address=cluster.address)
+                            address=cluster.address, fresh_process=True)
         workers = {n.node_id for n in cluster.worker_nodes}
         try:
             grid = run_sweep(opts, load_space(space))

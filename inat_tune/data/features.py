@@ -97,7 +97,7 @@ def cached_features(model: nn.Module, x_tr: torch.Tensor, x_va: torch.Tensor, *,
             # kept in this process for its next trial (warm data): then nothing is read again
             hits = WARM.hits
             f_tr, f_va, path, loaded = WARM.get(
-                ("features", key, str(x_tr.device)), stored, device=x_tr.device.type,
+                ("features", str(features_root()), key, str(x_tr.device)), stored, device=x_tr.device.type,
                 nbytes=lambda v: v[0].numel() * v[0].element_size() + v[1].numel() * v[1].element_size())
             loaded = loaded or WARM.hits > hits
     finally:
