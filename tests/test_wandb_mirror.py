@@ -221,3 +221,36 @@ def test_no_error_printed_at_interpreter_exit(tmp_path):
                           env={**__import__("os").environ, "WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr
     assert "Exception ignored" not in done.stderr and "Error" not in done.stderr, done.stderr
+
+
+def test_no_wandb_at_resume_turns_off_the_restored_callback(monkeypatch, tmp_path, synth_data):
+    """--resume restores the W&B callback pickled with the experiment; a --no-wandb given then
+    reaches it through the driver's environment, and plan_sweep keeps it (the saved settings
+    said use_wandb: true)."""
+    import cloudpickle
+
+    from inat_tune.tune.runner import plan_sweep
+    from inat_tune.tune.wandb_mirror import OFF_ENV, make_wandb_callback
+
+    cb = cloudpickle.loads(cloudpickle.dumps(make_wandb_callback("p", "g", str(tmp_path))))  # as restored
+
+    class Boom:
+        def __getattr__(self, name):
+            raise AssertionError(f"the mirror touched the trial ({name}) although it is off")
+
+    monkeypatch.setenv(OFF_ENV, "1")
+    assert cb.log_trial_start(Boom()) is None
+    assert cb.log_trial_result(1, Boom(), {"val_acc": 0.5}) is None
+    assert cb.log_trial_end(Boom()) is None
+    cb.on_experiment_end([Boom()])
+    assert cb._trial_logging_futures == {} and not cb._failed
+
+    space = {"model": "scratch_cnn", "method": "random", "metric": {"name": "val_acc", "goal": "maximize"},
+             "parameters": {"epochs": {"value": 1}, "image_size": {"value": 32}}}
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "sweep.json").write_text(json.dumps({"space_path": "<mapping>", "data_dir": str(synth_data),
+                                                "name": "exp", "storage": str(tmp_path), "use_wandb": True}))
+    kept, _ = plan_sweep(space, synth_data, name="exp", storage=tmp_path, resume=True)
+    off, _ = plan_sweep(space, synth_data, name="exp", storage=tmp_path, resume=True, use_wandb=False)
+    assert kept.use_wandb is True and off.use_wandb is False

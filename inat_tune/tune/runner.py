@@ -252,6 +252,8 @@ def plan_sweep(space: str | Path | Mapping[str, Any], data: str | Path, *, name:
             kept = {k: prev[k] for k in SweepOptions.__dataclass_fields__ if k in prev and k != "overrides"}
             if address is not None:  # the cluster may be a new one: the argument wins
                 kept["address"] = address
+            if not use_wandb:  # --no-wandb at --resume: the resumed part logs nothing to W&B
+                kept["use_wandb"] = False
             opts = SweepOptions(**kept, overrides=tuple(prev.get("overrides", ())))
     return opts, spec
 
@@ -436,6 +438,9 @@ def _run_sweep(opts: SweepOptions, space: SweepSpec, *, resume: bool, callbacks:
     # One checkpoint per epoch makes Ray snapshot often on tiny runs; the warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     callbacks = _callbacks(opts, space) + list(callbacks)  # before ray.init: sets WANDB_MODE
+    # --resume restores the W&B callback pickled with the experiment: this switches it off
+    from .wandb_mirror import OFF_ENV
+    os.environ[OFF_ENV] = "0" if opts.use_wandb else "1"
     if not ray.is_initialized():
         # Joining a cluster (address) takes the cluster's resources; locally Ray uses this machine.
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,

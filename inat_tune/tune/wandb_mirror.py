@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 FINISH_TIMEOUT_S = 180.0  # on_experiment_end's wait for the runs to finish (offline: seconds)
 
 
+# Set by the driver (runner): "1" turns the mirror off. --resume restores the callbacks that
+# were pickled with the experiment, so a `--no-wandb` given at --resume reaches them this way.
+OFF_ENV = "INAT_TUNE_WANDB_OFF"
+
+
+def mirror_off() -> bool:
+    return os.environ.get(OFF_ENV) == "1"
+
+
 def wandb_mode() -> str:
     """online with credentials, else offline (WANDB_MODE wins when set)."""
     if os.environ.get("WANDB_MODE"):
@@ -110,7 +119,7 @@ def callback_class() -> type:
             self._seq: dict = {}  # trial -> number of its next message
 
         def _guard(self, fn, *args, **kwargs):
-            if self._failed:
+            if self._failed or mirror_off():
                 return None
             try:
                 return fn(*args, **kwargs)
@@ -197,6 +206,8 @@ def callback_class() -> type:
         def on_experiment_end(self, trials, **info):
             """End every run still open (an interrupted sweep), wait at most finish_timeout_s
             for all to finish, then copy remote trials' runs into the experiment folder."""
+            if mirror_off():
+                return
             try:
                 for trial in list(self._trial_logging_futures):
                     self._signal_logging_actor_stop(trial)  # a second END is never read
