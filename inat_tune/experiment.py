@@ -32,6 +32,9 @@ Status of a trial (:attr:`Trial.status`; the analysis adds ``stopped_early`` on 
   or, without a state file, nothing says it ended (still running, or interrupted).
 - ``finished``: Ray's state says TERMINATED; without a state file, the last result has
   ``done`` (Ray sets it when ASHA stops a trial too) or all the config's epochs were reported.
+
+A little over 500 lines on purpose: it is the one reader of experiment and run folders, and
+the best-trial rule; a second module would be a second reader.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ for the non-monotone GELU / SiLU / Mish it is max(f'(x) * grad_out, 0), so only 
 would increase the neuron pass, as the method intends. ReLU6 (MobileNetV2) gets the ReLU rule,
 as the ReLU it caps (see :func:`guided_rule`). The figure title says which activations the
 rule was applied to.
+
+A little over 500 lines on purpose: one command and its three figures, each a short section
+(filters, feature maps, guided backprop) sharing the model-loading and layout helpers.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ workspaces beyond :data:`WORKSPACE_BYTES`, the caching allocator's rounding and 
 (``memory_reserved`` can exceed ``memory_allocated`` by some %), kernels' internal scratch
 memory, and, for ViT, flash attention's smaller saved state (the meta pass takes the math
 path: high).
+
+About 800 lines on purpose: one question, what a trial's peak GPU memory will be, answered
+once for every model family (the meta-device pass, its precision emulation, the corners of a
+space, the pre-flight message); splitting it would scatter one estimate over several files.
 """
 
 from __future__ import annotations

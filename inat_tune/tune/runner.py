@@ -8,8 +8,9 @@ The experiment folder ``<storage>/<name>`` is Ray Tune's own, plus ``sweep.json`
 sweep's settings, so ``--resume``, ``evaluate`` and ``report`` need no flags),
 ``space.yaml`` (the resolved search space) and ``split_manifest.json``.
 
-A little over 500 lines on purpose: one concern, starting and resuming a sweep, with the
-checks that must run before Ray does (storage, GPUs, cluster capacity, saved state).
+About 600 lines on purpose: one concern, starting and resuming a sweep, with the
+checks that must run before Ray does (storage, GPUs, memory, cluster capacity, saved state, the
+driver lease).
 """
 
 from __future__ import annotations
