@@ -41,7 +41,6 @@ import numpy as np
 import torch
 
 from .environment import flop_fraction, peak_flops
-from .measure import sync
 from .options import MAX_CONCURRENT
 from .training import bench_train_step, train_variants
 
@@ -98,46 +97,13 @@ def pick_variant(device: torch.device, name: str | None = None) -> dict[str, Any
 def timed_trainer(x: torch.Tensor, y: torch.Tensor, image_size: int, batch_size: int,
                   device: torch.device,
                   variant: dict[str, Any]) -> Callable[[int], tuple[float, float]]:
-    """:func:`.training.bench_train_step`'s set-up (the same RunConfig, 4 pre-augmented batches
-    cycled by its ``_RepeatBatches``, the scratch CNN, AdamW, ``train_one_epoch``, bf16 as
-    ``uses_bf16`` says), returned as ``run(steps) -> (start, end)`` on ``time.perf_counter``.
+    """:func:`.training.step_timer` (the train section's timed step), as
+    ``run(steps) -> (start, end)`` on ``time.perf_counter``.
     bench_train_step runs its warm-up and its timed steps in one call; here a barrier has to
     sit between the two, so the timed windows of all processes start together."""
-    from ..config import RunConfig
-    from ..data.loader import Augment, DeviceLoader
-    from ..models.registry import create_model
-    from ..train import build_optimizer, train_one_epoch, uses_bf16
-    from .training import _RepeatBatches
+    from .training import step_timer
 
-    cfg = RunConfig.from_dict({"image_size": image_size, "batch_size": batch_size,
-                               "precision": variant["precision"],
-                               "channels_last": variant["channels_last"],
-                               "compile": variant["compile"]})
-    cl = cfg.channels_last and device.type == "cuda"
-    loader = DeviceLoader(x, y, batch_size, shuffle=True, augment=Augment(), seed=0,
-                          drop_last=len(y) > batch_size, channels_last=cl)
-    batches = []
-    for xb, yb in loader:
-        batches.append((xb, yb))
-        if len(batches) == 4:
-            break
-    torch.manual_seed(0)
-    model = create_model(cfg, num_classes=NUM_CLASSES).to(device)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    net = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-    loss_fn = torch.nn.CrossEntropyLoss()
-    bf16 = uses_bf16(cfg, device)
-
-    def run(steps: int) -> tuple[float, float]:
-        sync(device)
-        t0 = time.perf_counter()
-        train_one_epoch(net, _RepeatBatches(batches, steps), optimizer, loss_fn, lambda: None, bf16)
-        sync(device)
-        return t0, time.perf_counter()
-
-    return run
+    return step_timer(x, y, NUM_CLASSES, image_size, batch_size, device, variant)[1]
 
 
 def _child(rank: int, device: str, image_size: int, batch_size: int, variant: str | None,

@@ -51,16 +51,14 @@ def train_note(device: torch.device) -> str:
     return CUDA_NOTE if device.type == "cuda" else CPU_NOTE
 
 
-def bench_train_step(x: torch.Tensor, y: torch.Tensor, num_classes: int, image_size: int,
-                     batch_size: int, device: torch.device, variant: dict[str, Any],
-                     target_seconds: float, steps_range: tuple[int, int],
-                     repeats: int = 1) -> dict[str, Any]:
-    """Images/s of the default scratch CNN's training step (AdamW, cross-entropy) on the uint8
-    images ``x`` (labels ``y``) already on ``device``; timed steps are chosen to last about
-    ``target_seconds`` within ``steps_range``, the best of ``repeats`` is reported."""
+def step_timer(x: torch.Tensor, y: torch.Tensor, num_classes: int, image_size: int,
+               batch_size: int, device: torch.device, variant: dict[str, Any]):
+    """The timed training step of the train section (and of ``bench --concurrent``): the
+    default scratch CNN for ``variant``, AdamW, cross-entropy, 4 pre-augmented batches cycled.
+    Returns ``(cfg, run, images_per_step)``; ``run(steps)`` trains ``steps`` steps and returns
+    their (start, end) on ``time.perf_counter``, the device synchronised at both ends."""
     from ..config import RunConfig
     from ..data.loader import Augment, DeviceLoader
-    from ..models.counting import count_for_config
     from ..models.registry import create_model
     from ..train import build_optimizer, train_one_epoch, uses_bf16
 
@@ -85,12 +83,30 @@ def bench_train_step(x: torch.Tensor, y: torch.Tensor, num_classes: int, image_s
     loss_fn = torch.nn.CrossEntropyLoss()
     bf16 = uses_bf16(cfg, device)
 
-    def run(steps: int) -> float:
+    def run(steps: int) -> tuple[float, float]:
         sync(device)
         t0 = time.perf_counter()
         train_one_epoch(net, _RepeatBatches(batches, steps), optimizer, loss_fn, lambda: None, bf16)
         sync(device)  # train_one_epoch ends with .item(): already synchronised
-        return time.perf_counter() - t0
+        return t0, time.perf_counter()
+
+    return cfg, run, len(batches[0][1])
+
+
+def bench_train_step(x: torch.Tensor, y: torch.Tensor, num_classes: int, image_size: int,
+                     batch_size: int, device: torch.device, variant: dict[str, Any],
+                     target_seconds: float, steps_range: tuple[int, int],
+                     repeats: int = 1) -> dict[str, Any]:
+    """Images/s of the default scratch CNN's training step (AdamW, cross-entropy) on the uint8
+    images ``x`` (labels ``y``) already on ``device``; timed steps are chosen to last about
+    ``target_seconds`` within ``steps_range``, the best of ``repeats`` is reported."""
+    from ..models.counting import count_for_config
+
+    cfg, timed, per_step = step_timer(x, y, num_classes, image_size, batch_size, device, variant)
+
+    def run(steps: int) -> float:
+        t0, t1 = timed(steps)
+        return t1 - t0
 
     t_compile = run(3 if cfg.compile else 2)  # warm-up (and compilation)
     probe = run(2) / 2
@@ -98,11 +114,11 @@ def bench_train_step(x: torch.Tensor, y: torch.Tensor, num_classes: int, image_s
     steps = int(min(hi, max(lo, math.ceil(target_seconds / max(probe, 1e-6)))))
     all_seconds = [run(steps) for _ in range(repeats)]
     seconds = min(all_seconds)
-    ips = steps * len(batches[0][1]) / seconds
+    ips = steps * per_step / seconds
     flops = count_for_config(cfg, num_classes)["flops"]
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    return {**variant, "steps": steps, "batch_size": len(batches[0][1]), "seconds": seconds,
-            "runs_images_per_s": [steps * len(batches[0][1]) / t for t in all_seconds],
+    return {**variant, "steps": steps, "batch_size": per_step, "seconds": seconds,
+            "runs_images_per_s": [steps * per_step / t for t in all_seconds],
             "images_per_s": ips, "warmup_s": t_compile, "fwd_gflop_per_image": flops / 1e9,
             "achieved_tflops": 3 * flops * ips / 1e12,
             "peak_fraction": flop_fraction(flops, ips, peak)}
