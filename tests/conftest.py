@@ -50,3 +50,19 @@ def finished_experiment(tmp_path_factory) -> Path:
 def experiment_copy(finished_experiment, tmp_path) -> Path:
     """A private copy of ``finished_experiment`` (same trials, checkpoints and dataset)."""
     return Path(shutil.copytree(finished_experiment, tmp_path / finished_experiment.name))
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Every matplotlib Figure saved while the test runs (saved, so text extents are known):
+    the figure tests check titles, texts and limits on these objects, not pixels."""
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures

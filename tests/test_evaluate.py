@@ -467,21 +467,6 @@ def test_evaluate_and_report_follow_the_sweeps_wandb_setting(synth_data, tmp_pat
         assert calls == []
 
 
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    """Every matplotlib Figure saved while the test runs."""
-    from matplotlib.figure import Figure
-
-    figures, save = [], Figure.savefig
-
-    def keep(self, *args, **kwargs):
-        figures.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return figures
-
-
 def test_prediction_grid_title_and_size_follow_what_is_drawn(tmp_path, drawn):
     # every class has 2 test images (one has none): asked for 3 per class, 2 are shown
     rng = np.random.default_rng(0)

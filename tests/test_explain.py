@@ -271,21 +271,6 @@ def test_relu6_saturated_neurons_are_still_explained():
 # ---------------------------------------------------------------------------------------------
 # Figure layout (issue 14): checked on matplotlib's objects, not pixels
 
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    """Every matplotlib Figure saved while the test runs (drawn: text extents are known)."""
-    from matplotlib.figure import Figure
-
-    figures, save = [], Figure.savefig
-
-    def keep(self, *args, **kwargs):
-        figures.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return figures
-
-
 def _text(fig, content: str):
     from matplotlib.text import Text
 

@@ -235,21 +235,6 @@ def test_report_when_no_trial_has_finished(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The report's figures, drawn from small frames and checked on matplotlib's objects (issue 14)
 
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    """Every matplotlib Figure saved while the test runs (drawn: text extents are known)."""
-    from matplotlib.figure import Figure
-
-    figures, save = [], Figure.savefig
-
-    def keep(self, *args, **kwargs):
-        figures.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return figures
-
-
 def _trials(acc, status=None, lr=None, filters=None) -> pd.DataFrame:
     n = len(acc)
     return pd.DataFrame({"trial_id": [f"t{i:02d}" for i in range(n)],
